@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install the Debian packages virtlab and its tests need, only those that are missing.
+# Runs apt-get as root (or through sudo); prints what it does. Idempotent.
+set -euo pipefail
+
+PACKAGES=(
+  qemu-utils qemu-system-x86      # qemu-img; the QEMU that runs nodes
+  util-linux                      # prlimit: resource limits around qemu-img
+  xz-utils bzip2 zstd gzip        # reference tools for compressed test images
+  xorriso udftools fdisk          # ISO 9660, UDF and partitioned test images
+  dosfstools mtools syslinux syslinux-common busybox-static cpio  # the tiny bootable test disk
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "setup-system: all Debian packages present"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "setup-system: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,3 @@
+"""virtlab: a self-hosted virtual network lab server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""``create_app(settings)``: the FastAPI application over one ``Runtime``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from virtlab import __version__
+from virtlab.api import errors
+from virtlab.api.routes import health, images
+from virtlab.runtime import Runtime
+from virtlab.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    runtime = Runtime.build(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(
+        title="virtlab",
+        version=__version__,
+        description="A self-hosted virtual network lab: images, nodes, labs, consoles.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(images.router)
+    return app

@@ -1,0 +1,155 @@
+"""``/api/images``: import, list, show, delete, scan and verify; ``/api/imports``: progress."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from virtlab.api.deps import ImageServiceDep
+from virtlab.api.multipart import stream_file_field
+from virtlab.api.schemas import Image, ImportedImage, ImportStatus, ScanResult, VerifyResult
+from virtlab.catalog import ImageRecord
+from virtlab.errors import InvalidRequest
+
+router = APIRouter(tags=["images"])
+
+
+_ERR = {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
+}}}}  # fmt: skip
+IMPORT_ERRORS = {
+    400: {"description": "Malformed request", **_ERR},
+    409: {"description": "Import id already in use", **_ERR},
+    413: {"description": "Past the upload, expanded or virtual size cap", **_ERR},
+    415: {"description": "Not a format virtlab accepts", **_ERR},
+    422: {"description": "Refused: unsafe or damaged image; the reason is in detail", **_ERR},
+    507: {"description": "The data directory's disk is full", **_ERR},
+}
+ImportId = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        description="Your own id for this import, to follow it at /api/imports/{id} while it runs",
+    ),
+]
+ImageName = Annotated[str, Path(min_length=1, max_length=255)]
+
+
+def _imported(records: list[ImageRecord]) -> ImportedImage:
+    first = Image.of(records[0])
+    return ImportedImage(**first.model_dump(), also_imported=[r.name for r in records[1:]])
+
+
+def _length(request: Request) -> int | None:
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+@router.post(
+    "/api/images/custom", status_code=201, response_model=ImportedImage, responses=IMPORT_ERRORS,
+    summary="Import an image uploaded as multipart/form-data (field 'image')",
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary"}}}}}}},
+)  # fmt: skip
+async def upload_custom(
+    request: Request, images: ImageServiceDep, import_id: ImportId = None
+) -> ImportedImage:
+    """`curl -X POST http://localhost:8080/api/images/custom -F "image=@router.vmdk"`.
+
+    The content decides the format, never the file name. The image is checked, converted to
+    qcow2 (ISO media stay ISO), verified and registered, or refused with the reason.
+    """
+    part = await stream_file_field(
+        request.stream(), request.headers.get("content-type", ""), "image"
+    )
+    records = await images.import_upload(
+        part.chunks, part.filename, job_id=import_id, expected_size=_length(request)
+    )
+    return _imported(records)
+
+
+@router.put(
+    "/api/images/{name}", status_code=201, response_model=ImportedImage, responses=IMPORT_ERRORS,
+    summary="Import an image sent as the raw request body",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}},
+)  # fmt: skip
+async def upload_raw(
+    name: ImageName, request: Request, images: ImageServiceDep, import_id: ImportId = None
+) -> ImportedImage:
+    """`curl -T router.vmdk http://localhost:8080/api/images/router.vmdk`; `name` is the file's
+    name, used for the stored image's name (`router_<ms>.qcow2`)."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise InvalidRequest(f"{name!r} is not a plain file name")
+    records = await images.import_upload(
+        request.stream(), name, job_id=import_id, expected_size=_length(request)
+    )
+    return _imported(records)
+
+
+@router.get("/api/images", response_model=list[Image], summary="List the catalog")
+def list_images(images: ImageServiceDep) -> list[Image]:
+    return [Image.of(r) for r in images.list()]
+
+
+@router.get(
+    "/api/images/{name}",
+    response_model=Image,
+    summary="Show one image",
+    responses={404: {"description": "No such image", **_ERR}},
+)
+def get_image(name: ImageName, images: ImageServiceDep) -> Image:
+    return Image.of(images.get(name))
+
+
+@router.delete(
+    "/api/images/{name}", status_code=204, summary="Delete an image and its file",
+    responses={404: {"description": "No such image", **_ERR},
+               409: {"description": "In use", **_ERR}},
+)  # fmt: skip
+def delete_image(name: ImageName, images: ImageServiceDep) -> Response:
+    images.delete(name)
+    return Response(status_code=204)
+
+
+@router.post("/api/images/scan", response_model=ScanResult, summary="Rescan DATA/images")
+async def scan_images(images: ImageServiceDep) -> ScanResult:
+    return ScanResult.of(await asyncio.to_thread(images.scan))
+
+
+@router.post(
+    "/api/images/verify",
+    response_model=VerifyResult,
+    summary="Rescan, then check every image's file, format, checksum and consistency",
+)
+async def verify_images(
+    images: ImageServiceDep,
+    fix: Annotated[
+        bool,
+        Query(
+            description="repair what can be: convert mislabelled base "
+            "files to qcow2, drop rows of missing files"
+        ),
+    ] = False,
+) -> VerifyResult:
+    return VerifyResult.of(await asyncio.to_thread(images.verify, fix=fix))
+
+
+@router.get(
+    "/api/imports", response_model=list[ImportStatus], summary="Imports, running and recent"
+)
+def list_imports(images: ImageServiceDep) -> list[ImportStatus]:
+    return [ImportStatus.of(j) for j in images.jobs.all()]
+
+
+@router.get(
+    "/api/imports/{import_id}",
+    response_model=ImportStatus,
+    summary="One import's progress",
+    responses={404: {"description": "No such import", **_ERR}},
+)
+def get_import(import_id: str, images: ImageServiceDep) -> ImportStatus:
+    return ImportStatus.of(images.job(import_id))

@@ -1,0 +1,19 @@
+"""``virtlab``: the entry point and its sub-commands."""
+
+from __future__ import annotations
+
+import typer
+
+from virtlab.cli import images, serve
+
+app = typer.Typer(
+    help="virtlab: a self-hosted virtual network lab server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve.serve)
+app.add_typer(images.app, name="image", help="Import, list, check and remove disk images.")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,43 @@
+"""``virtlab serve``: run the API server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="VIRTLAB_DATA_DIR", help="Data directory [default: XDG data home]."),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VIRTLAB_DATABASE_URL",
+            help="SQLAlchemy URL [default: sqlite in the data directory].",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the virtlab server (REST API at /api, its documentation at /docs)."""
+    import uvicorn
+
+    from virtlab.api import create_app
+    from virtlab.settings import Settings
+
+    overrides: dict = {"host": host, "port": port}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    settings = Settings(**overrides)
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    typer.echo(f"virtlab: data in {settings.data_dir}, serving http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -1,0 +1,1 @@
+"""Disk images: detection, safety, conversion and the on-disk store."""

@@ -1,0 +1,67 @@
+"""Configuration: embedded defaults, overridden by ``VIRTLAB_*`` environment variables or flags.
+
+Nothing reads settings at import time; ``virtlab.runtime.Runtime`` is built from one ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["GiB", "MiB", "Settings", "TiB", "default_data_dir"]
+
+MiB = 1 << 20
+GiB = 1 << 30
+TiB = 1 << 40
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/virtlab``, or ``~/.local/share/virtlab``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "virtlab"
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to run; every field has a working default."""
+
+    model_config = SettingsConfigDict(env_prefix="VIRTLAB_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: sqlite:///DATA/catalog.sqlite3. "
+        "postgresql://user:pass@host/db also works.",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # Import limits.
+    max_upload_bytes: int = 256 * GiB
+    max_expanded_bytes: int = 256 * GiB
+    max_virtual_size: int = 2 * TiB
+    qemu_img_cpu_seconds: int = 30  # for `qemu-img info`, as OpenStack runs it
+    qemu_img_address_space: int = 1 * GiB  # for `qemu-img info`
+    convert_address_space: int = 4 * GiB  # for convert/check/compare: they buffer more
+
+    # Testing aid: kill the server (SIGKILL, as a power cut would) at a named point of the
+    # import pipeline. Used only by the crash-safety tests; see virtlab.images.importer.
+    fault_point: str | None = None
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def custom_images_dir(self) -> Path:
+        return self.images_dir / "custom"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'catalog.sqlite3'}"

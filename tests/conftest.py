@@ -1,0 +1,35 @@
+"""Shared fixtures: real servers on loopback over temporary data directories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.server import Server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for a whole test module (tests must not depend on each other's images)."""
+    srv = Server(tmp_path_factory.mktemp("data")).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator:
+    """A factory for servers of a test's own, with settings of its own (``env``)."""
+    started: list[Server] = []
+
+    def make(env: dict[str, str] | None = None, data_dir: Path | None = None) -> Server:
+        srv = Server(data_dir or tmp_path / "data", env=env or {})
+        started.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in started:
+        srv.stop()
