@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .stamps
+LINTED := $(wildcard src tests bench)
 
 .PHONY: setup serve test lint format bench clean
 
@@ -25,12 +26,12 @@ serve: setup
 	$(BIN)/virtlab serve --host 127.0.0.1 --port 8080
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 format: setup
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 test: setup lint
 	$(BIN)/python -m pytest -q

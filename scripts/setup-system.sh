@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   qemu-utils qemu-system-x86      # qemu-img; the QEMU that runs nodes
+  postgresql                      # the catalog on PostgreSQL, tested against a real server
   util-linux                      # prlimit: resource limits around qemu-img
   xz-utils bzip2 zstd gzip        # reference tools for compressed test images
   xorriso udftools fdisk          # ISO 9660, UDF and partitioned test images

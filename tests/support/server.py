@@ -35,7 +35,6 @@ class Server:
     port: int = 0
     proc: subprocess.Popen | None = None
     log: list[str] = field(default_factory=list)
-    _ready: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -43,7 +42,7 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> Server:
         self.port = free_port()
-        self._ready = threading.Event()
+        self._ready = ready = threading.Event()
         env = {**os.environ, **self.env}
         argv = [
             str(Path(sys.executable).with_name("virtlab")), "serve", "--host", "127.0.0.1",
@@ -58,25 +57,28 @@ class Server:
             text=True,
             start_new_session=True,
         )
-        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
-        if not self._ready.wait(timeout) or self.proc.poll() is not None:
+        threading.Thread(target=self._drain, args=(self.proc, ready), daemon=True).start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError("virtlab serve did not start:\n" + "\n".join(self.log[-40:]))
         return self
 
-    def _drain(self, proc: subprocess.Popen) -> None:
+    def _drain(self, proc: subprocess.Popen, ready: threading.Event) -> None:
+        # Each process has its own event: a previous process's thread ending late must not
+        # wake the waiter of the next start.
         assert proc.stderr is not None
-        for line in proc.stderr:
-            self.log.append(line.rstrip())
-            if _READY in line:
-                self._ready.set()
-        self._ready.set()  # exited: wake the waiter, which checks poll()
+        with proc.stderr:
+            for line in proc.stderr:
+                self.log.append(line.rstrip())
+                if _READY in line:
+                    ready.set()
+        ready.set()  # exited: wake the waiter, which checks poll()
 
     def client(self, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     def kill(self) -> None:
-        """SIGKILL, as a power cut would."""
+        """SIGKILL to the server alone, as the OOM killer or ``kill -9`` would."""
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)

@@ -1,7 +1,9 @@
 """Running external tools: argv lists only (never a shell), optional resource limits.
 
 Limits are applied with util-linux ``prlimit`` wrapped around the command, so nothing runs
-between ``fork`` and ``exec`` in our process (``preexec_fn`` is unsafe with threads).
+between ``fork`` and ``exec`` in our process (``preexec_fn`` is unsafe with threads). Every tool
+also runs under ``setpriv --pdeathsig KILL``: if the server dies, its qemu-img children die with
+it instead of writing on into a staging directory the next start-up sweeps.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ class Limits:
         return ["prlimit", *flags, "--"] if flags else []
 
 
+_TIED = ["setpriv", "--pdeathsig", "KILL", "--"]
+
+
+def _argv(argv: Sequence[str], limits: Limits | None) -> list[str]:
+    return [*_TIED, *(limits.prefix() if limits else []), *argv]
+
+
 @dataclass(frozen=True)
 class Completed:
     argv: tuple[str, ...]
@@ -54,7 +63,7 @@ def run(
     argv: Sequence[str], *, limits: Limits | None = None, timeout: float | None = None
 ) -> Completed:
     """Run ``argv`` to completion and return its output; never raises on a non-zero exit."""
-    full = [*(limits.prefix() if limits else []), *argv]
+    full = _argv(argv, limits)
     proc = subprocess.run(
         full,
         capture_output=True,
@@ -78,7 +87,7 @@ def stream_lines(
 
     Used for ``qemu-img convert -p``, which redraws its progress with carriage returns.
     """
-    full = [*(limits.prefix() if limits else []), *argv]
+    full = _argv(argv, limits)
     # stderr goes to a file so a chatty tool can never block on a full pipe we are not reading.
     with (
         tempfile.TemporaryFile() as errfile,

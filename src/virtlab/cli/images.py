@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 from rich.table import Column, Table
 
+from virtlab._util.units import human_size
 from virtlab.cli.client import ApiError, Client, raise_for
 
 app = typer.Typer(no_args_is_help=True)
@@ -35,15 +36,6 @@ CHUNK = 1 << 20
 def _fail(exc: Exception) -> typer.Exit:
     err.print(f"[red]error:[/red] {exc}", highlight=False)
     return typer.Exit(1)
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
 
 
 @app.command("import")
@@ -89,7 +81,7 @@ def _import_one(client: Client, path: Path, *, show: bool) -> dict[str, Any]:
                 while block := f.read(CHUNK):
                     progress.advance(upload, len(block))
                     done = progress.tasks[upload].completed
-                    progress.update(upload, note=f"{_size(int(done))} of {_size(total)}")
+                    progress.update(upload, note=f"{human_size(int(done))} of {human_size(total)}")
                     yield block
 
         def send() -> None:
@@ -115,7 +107,8 @@ def _import_one(client: Client, path: Path, *, show: bool) -> dict[str, Any]:
     if show:
         out.print(
             f"[green]imported[/green] {path.name} → [bold]{record['name']}[/bold] "
-            f"({record['source_format']} → {record['format']}, {_size(record['virtual_size'])})",
+            f"({record['source_format']} → {record['format']}, "
+            f"{human_size(record['virtual_size'])})",
             highlight=False,
         )
     return record
@@ -159,8 +152,8 @@ def list_(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
             image["kind"],
             image["format"],
             image["source_format"],
-            _size(image["virtual_size"]),
-            _size(image["actual_size"]),
+            human_size(image["virtual_size"]),
+            human_size(image["actual_size"]),
             image["sha256"][:12],
             image["created_at"][:16].replace("T", " "),
         )
@@ -179,7 +172,7 @@ def show(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
         return
     table = Table.grid(padding=(0, 2))
     for key, value in image.items():
-        shown = _size(value) if key.endswith("_size") else value
+        shown = human_size(value) if key.endswith("_size") else value
         table.add_row(
             f"[bold]{key}[/bold]", ", ".join(shown) if isinstance(shown, list) else str(shown)
         )

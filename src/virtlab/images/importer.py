@@ -106,7 +106,9 @@ class Importer:
         job.enter(Stage.CONVERT)
         out = staging.file(f"{payload.path.name}.qcow2")
         try:
-            self.qemu_img.convert(payload.path, inspection.format.qemu_driver, out, job.advance)
+            self.qemu_img.convert(
+                payload.path, inspection.format.qemu_driver, out, job.advance, label=payload.label
+            )
         except ToolFailure as exc:
             raise CorruptImage(
                 f"{payload.label} ({inspection.format.value}) could not be converted: "

@@ -138,6 +138,8 @@ class QemuImg:
         src_fmt: str,
         dst: Path,
         on_progress: Callable[[float], None] | None = None,
+        *,
+        label: str | None = None,
     ) -> None:
         """Convert ``src`` to a new qcow2 ``dst``. The result is not yet flushed to disk."""
         argv = [
@@ -161,7 +163,7 @@ class QemuImg:
 
         done = stream_lines(argv, parse, limits=self.work_limits)
         if done.returncode != 0:
-            raise _failure(f"qemu-img could not convert {src.name} from {src_fmt}", done)
+            raise _failure(f"qemu-img could not convert {label or src.name} from {src_fmt}", done)
 
     def compare(self, a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:
         """True when the guest-visible contents are the same."""

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtlab._util.units import human_size
 from virtlab.errors import InsufficientStorage, TooLarge
 from virtlab.images.progress import ImportJob
 
@@ -49,6 +50,7 @@ async def receive(
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
+                    job.bytes_received = size - len(chunk)
                     raise TooLarge(_too_large(label, max_bytes))
                 digest.update(chunk)
                 pending.append(chunk)
@@ -74,6 +76,6 @@ async def receive(
 
 def _too_large(label: str, cap: int) -> str:
     return (
-        f"{label} is larger than the upload limit of {cap / (1 << 30):.1f} GiB; "
+        f"{label} is larger than the upload limit of {human_size(cap)}; "
         "raise VIRTLAB_MAX_UPLOAD_BYTES if it is genuine"
     )

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from virtlab._util.units import human_size
 from virtlab.errors import CorruptImage, TooLarge, UnsupportedImage
 
 __all__ = ["Payload", "sniff_wrapper", "unwrap"]
@@ -135,7 +136,7 @@ def _decompress(
                 written += len(block)
                 if written > cap:
                     raise TooLarge(
-                        f"{label} expands past the limit of {_human(cap)} when its {kind} "
+                        f"{label} expands past the limit of {human_size(cap)} when its {kind} "
                         f"compression is undone; refusing it (raise max_expanded_bytes if it "
                         "is genuine)"
                     )
@@ -182,7 +183,9 @@ def _extract_ova(
                 _checked_member(member, label)
                 total += member.size
                 if total > cap:
-                    raise TooLarge(f"{label} holds more than {_human(cap)} of disks; refusing it")
+                    raise TooLarge(
+                        f"{label} holds more than {human_size(cap)} of disks; refusing it"
+                    )
                 out = workdir / f"ova-{depth}-{index}"
                 source = tar.extractfile(member)
                 assert source is not None
@@ -237,11 +240,3 @@ def _ovf_disk_files(descriptor: bytes, label: str) -> list[str]:
     if not disks:
         raise UnsupportedImage(f"{label}: its OVF descriptor names no disk; nothing to import")
     return disks
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
