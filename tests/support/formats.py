@@ -46,8 +46,6 @@ __all__ = [
     "Accepted",
     "Maker",
     "Refused",
-    "make_disguised",
-    "make_pattern_raw",
     "misleading_name",
 ]
 
@@ -680,6 +678,26 @@ def make_vhd_fixed(directory: Path, name: str | None = None) -> Path:
     return _converted(directory, name, "fixed.vhd", "vpc", "-o", "subformat=fixed")
 
 
+def make_vhd_fixed_partitioned(directory: Path, name: str | None = None) -> Path:
+    """A fixed VHD of a partitioned disk: an MBR at its start, the VHD footer at its end."""
+    out = _target(directory, name, "partitioned.vhd")
+    source = make_raw_mbr(directory, f".{out.name}.source.raw")
+    _qemu_img(
+        directory,
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        "-o",
+        "subformat=fixed",
+        source.name,
+        out.name,
+    )
+    source.unlink()
+    return out
+
+
 def _vhd_checksum(block: bytes, at: int) -> bytes:
     total = sum(block) - sum(block[at : at + 4])
     return struct.pack(">I", ~total & 0xFFFFFFFF)
@@ -801,6 +819,7 @@ ACCEPTED: dict[str, Accepted] = {
     "vhdx_fixed": Accepted(make_vhdx_fixed, ImageFormat.VHDX, "fixed"),
     "vhd_dynamic": Accepted(make_vhd_dynamic, ImageFormat.VHD, "dynamic"),
     "vhd_fixed": Accepted(make_vhd_fixed, ImageFormat.VHD, "fixed"),
+    "vhd_fixed_partitioned": Accepted(make_vhd_fixed_partitioned, ImageFormat.VHD, "fixed"),
     "raw_plain": Accepted(make_pattern_raw, ImageFormat.RAW, "plain"),
     "raw_zeros": Accepted(make_raw_zeros, ImageFormat.RAW, "plain"),
     "raw_random": Accepted(make_raw_random, ImageFormat.RAW, "plain"),
@@ -900,6 +919,9 @@ _MISLEADING = {
     ImageFormat.RAW: "router.iso",
     ImageFormat.ISO: "router.qcow2",
 }
+
+
+__all__ += sorted(name for name in list(globals()) if name.startswith("make_"))
 
 
 def misleading_name(case: str) -> str:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from virtlab import __version__
 from virtlab.api import errors
@@ -25,7 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             runtime.stop()
 
-    app = FastAPI(
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from the installed package, so the
+    # documentation pages work on a machine with no internet.
+    app = FastAPIOffline(
         title="virtlab",
         version=__version__,
         description="A self-hosted virtual network lab: images, nodes, labs, consoles.",
