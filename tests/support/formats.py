@@ -370,7 +370,7 @@ def make_qcow2_luks(directory: Path, name: str | None = None) -> Path:
         "qcow2",
         "encrypt.format=luks",
         "encrypt.key-secret=sec0",
-        "encrypt.iter-time=10",
+        "encrypt.iter-time=100",
     )
 
 
@@ -383,7 +383,7 @@ def make_qcow2_aes(directory: Path, name: str | None = None) -> Path:
 
 def make_luks(directory: Path, name: str | None = None) -> Path:
     """A bare LUKS (version 1) container."""
-    return _encrypted(directory, name, "disk.luks", "luks", "key-secret=sec0", "iter-time=10")
+    return _encrypted(directory, name, "disk.luks", "luks", "key-secret=sec0", "iter-time=100")
 
 
 def make_qcow2_corrupt(directory: Path, name: str | None = None) -> Path:
