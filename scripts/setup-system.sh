@@ -9,6 +9,7 @@ PACKAGES=(
   util-linux                      # prlimit: resource limits around qemu-img
   xz-utils bzip2 zstd gzip        # reference tools for compressed test images
   xorriso udftools fdisk          # ISO 9660, UDF and partitioned test images
+  telnet                          # a real telnet client against the console ports
   dosfstools mtools syslinux syslinux-common busybox-static cpio  # the tiny bootable test disk
 )
 
