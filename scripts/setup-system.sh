@@ -11,6 +11,7 @@ PACKAGES=(
   xorriso udftools fdisk          # ISO 9660, UDF and partitioned test images
   telnet                          # a real telnet client against the console ports
   dosfstools mtools syslinux syslinux-common busybox-static cpio  # the tiny bootable test disk
+  isolinux                        # the tiny bootable test ISO (El Torito)
 )
 
 missing=()

@@ -6,6 +6,7 @@ through the dependencies in ``virtlab.api.deps``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -15,8 +16,15 @@ from virtlab.images.importer import Importer, ImportLimits
 from virtlab.images.progress import ImportJobs
 from virtlab.images.qemu_img import QemuImg
 from virtlab.images.store import ImageStore
+from virtlab.nodes.ports import PortRange
+from virtlab.nodes.qemu.driver import QemuDriver
+from virtlab.nodes.qemu.probe import AccelVerdict, probe_accelerator
+from virtlab.nodes.spec import Accel
+from virtlab.services.boot_test import BootTester
+from virtlab.services.consoles import ConsoleManager
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
+from virtlab.services.nodes import NodeService
 from virtlab.settings import Settings
 
 __all__ = ["Runtime"]
@@ -29,6 +37,18 @@ class Runtime:
     settings: Settings
     catalog: Catalog
     images: ImageService
+    nodes: NodeService
+    consoles: ConsoleManager
+    boot_tests: BootTester | None = None
+    accel_verdict: AccelVerdict | None = None
+
+    def accel(self) -> Accel:
+        """The accelerator nodes use: probed once at start-up (see ``virtlab doctor``)."""
+        if self.accel_verdict is None:
+            self.accel_verdict = probe_accelerator(
+                self.settings.accel, cache_path=self.settings.cache_dir / "accel.json"
+            )
+        return Accel(self.accel_verdict.accel)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -53,11 +73,42 @@ class Runtime:
             scanner=BaseScanner(catalog=catalog, store=store, importer=importer),
             max_upload_bytes=settings.max_upload_bytes,
         )
-        return cls(settings=settings, catalog=catalog, images=images)
+        consoles = ConsoleManager(
+            host=settings.console_host, telnet_ports=PortRange.parse(settings.telnet_ports),
+            vnc_ports=PortRange.parse(settings.vnc_ports), vnc_tcp=settings.vnc_tcp,
+        )  # fmt: skip
+        runtime = cls(
+            settings=settings, catalog=catalog, images=images, nodes=None, consoles=consoles
+        )  # type: ignore[arg-type]
+        runtime.nodes = NodeService(
+            catalog=catalog, images=images, driver=QemuDriver(qemu_img=qemu_img),
+            consoles=consoles, nodes_dir=settings.nodes_dir, accel=runtime.accel,
+            stop_timeout=settings.stop_timeout,
+        )  # fmt: skip
+        runtime.boot_tests = BootTester(
+            images=images, driver=QemuDriver(qemu_img=qemu_img), work_dir=settings.nodes_dir,
+            accel=runtime.accel,
+        )  # fmt: skip
+        images.users_of = runtime._image_users
+        return runtime
 
-    def start(self) -> None:
-        """Prepare the data directory and catalog; sweep what a crash left; scan base images."""
+    def _image_users(self, image: str) -> list[str]:
+        users = self.nodes.users_of(image)
+        if self.boot_tests is not None and self.boot_tests.active[image]:
+            users.append("a boot test in progress")
+        return users
+
+    async def start(self) -> None:
+        """Prepare the data directory and catalog; sweep what a crash left; scan base images;
+        find the accelerator; re-adopt the nodes that outlived the last server."""
+        await asyncio.to_thread(self._start_catalog)
+        verdict = await asyncio.to_thread(self.accel)
+        log.info("accelerator: %s (%s)", verdict.value, self.accel_verdict.reason)  # type: ignore[union-attr]
+        await self.nodes.adopt_all()
+
+    def _start_catalog(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()
         self.catalog.migrate()
         for gone in self.images.sweep():
@@ -70,5 +121,6 @@ class Runtime:
         for name in report.missing:
             log.warning("image %s: its file is missing (virtlab image verify --fix)", name)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        await self.nodes.shutdown(stop_nodes=self.settings.stop_nodes_on_exit)
         self.catalog.dispose()

@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     qemu_img_address_space: int = 1 * GiB  # for `qemu-img info`
     convert_address_space: int = 4 * GiB  # for convert/check/compare: they buffer more
 
+    # Nodes.
+    accel: str = Field(default="auto", pattern="^(auto|kvm|tcg)$")
+    console_host: str = "127.0.0.1"  # where telnet and VNC console ports listen
+    telnet_ports: str = "5000-5899"
+    vnc_ports: str = "5900-6899"
+    vnc_tcp: bool = True  # a TCP VNC port per node, for desktop VNC clients
+    stop_timeout: float = 30.0  # seconds a guest gets to power off before a hard stop
+    stop_nodes_on_exit: bool = False  # by default nodes outlive the server
+
     # Testing aid: kill the server (SIGKILL, as a power cut would) at a named point of the
     # import pipeline. Used only by the crash-safety tests; see virtlab.images.importer.
     fault_point: str | None = None
@@ -57,6 +66,14 @@ class Settings(BaseSettings):
     @property
     def custom_images_dir(self) -> Path:
         return self.images_dir / "custom"
+
+    @property
+    def nodes_dir(self) -> Path:
+        return self.data_dir / "nodes"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
     @property
     def staging_dir(self) -> Path:

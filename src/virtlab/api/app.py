@@ -10,7 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from virtlab import __version__
 from virtlab.api import errors
-from virtlab.api.routes import health, images
+from virtlab.api.routes import health, images, nodes
 from virtlab.runtime import Runtime
 from virtlab.settings import Settings
 
@@ -20,11 +20,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        runtime.start()
+        await runtime.start()
         try:
             yield
         finally:
-            runtime.stop()
+            await runtime.stop()
 
     # FastAPIOffline serves the Swagger UI and ReDoc assets from the installed package, so the
     # documentation pages work on a machine with no internet.
@@ -38,4 +38,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(images.router)
+    app.include_router(nodes.router)
     return app

@@ -104,3 +104,22 @@ class VerifyResult(BaseModel):
                 for i in report.images
             ],
         )
+
+
+class BootTestRequest(BaseModel):
+    seconds: float = Field(60, ge=1, le=3600, description="how long to wait")
+    expect: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="text that must appear on the serial console; without it the test passes "
+        "when the machine still runs at the end",
+    )  # fmt: skip
+    ram_mb: int = Field(256, ge=16, le=65536)
+
+
+class BootTestResult(BaseModel):
+    image: str
+    passed: bool
+    reason: str
+    seconds: float
+    serial: str = Field(description="the last 64 KiB of serial output")
+    screenshot_png: str | None = Field(description="base64 PNG of the screen at the end")

@@ -5,5 +5,6 @@ Repositories return plain records (``ImageRecord``), never ORM objects or HTTP t
 
 from virtlab.catalog.db import Catalog
 from virtlab.catalog.images import ImageRecord, ImageRepository
+from virtlab.catalog.nodes import NodeRecord, NodeRepository
 
-__all__ = ["Catalog", "ImageRecord", "ImageRepository"]
+__all__ = ["Catalog", "ImageRecord", "ImageRepository", "NodeRecord", "NodeRepository"]

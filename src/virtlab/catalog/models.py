@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, String
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -29,4 +29,26 @@ class ImageRow(Base):
     source_sha256: Mapped[str] = mapped_column(String(64), default="")  # of the bytes uploaded
     path: Mapped[str] = mapped_column(String(1024))  # relative to the images directory
     origin: Mapped[str] = mapped_column(String(16))  # custom (uploaded) | base (found on disk)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    image: Mapped[str] = mapped_column(String(255), index=True)  # a catalog image's name
+    disk_size_mb: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # cdrom boots
+    cpus: Mapped[int] = mapped_column(Integer)
+    ram_mb: Mapped[int] = mapped_column(Integer)
+    disk_bus: Mapped[str] = mapped_column(String(16))
+    nics: Mapped[int] = mapped_column(Integer)
+    nic_model: Mapped[str] = mapped_column(String(32))
+    serial: Mapped[bool] = mapped_column(Boolean)
+    vnc: Mapped[bool] = mapped_column(Boolean)
+    extra_args: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    telnet_port: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
+    vnc_port: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")  # why it crashed: QEMU's log tail
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import uuid
@@ -21,7 +22,7 @@ from virtlab.cli.client import ApiError, Client, raise_for
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines
 
 UrlOpt = Annotated[
     str | None,
@@ -234,4 +235,43 @@ def rm(names: list[str], url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(json.dumps({"removed": done}))
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command("boot-test")
+def boot_test(
+    name: str,
+    seconds: Annotated[float, typer.Option(help="How long to wait.")] = 60,
+    expect: Annotated[
+        str | None, typer.Option(help="Text that must appear on the serial console.")
+    ] = None,
+    screenshot: Annotated[
+        Path | None, typer.Option(help="Write the final screen here (PNG).")
+    ] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Boot an image on a throwaway overlay; pass when EXPECT shows on the serial console."""
+    body = {"seconds": seconds, "expect": expect}
+    try:
+        result = (
+            Client(url, timeout=seconds + 120)
+            .request("POST", f"/api/images/{quote(name, safe='')}/boot-test", json=body)
+            .json()
+        )
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    png = result.pop("screenshot_png")
+    if screenshot is not None and png:
+        screenshot.write_bytes(base64.b64decode(png))
+    if as_json:
+        out.print_json(json.dumps({**result, "screenshot": str(screenshot) if png else None}))
+    else:
+        mark = "[green]passed[/green]" if result["passed"] else "[red]failed[/red]"
+        out.print(f"{mark} {name}: {result['reason']}", highlight=False, soft_wrap=True)
+        tail = "\n".join(result["serial"].splitlines()[-15:])
+        if tail:
+            out.print("[dim]last serial lines:[/dim]")
+            out.print(tail, highlight=False, markup=False)
+    if not result["passed"]:
         raise typer.Exit(1)

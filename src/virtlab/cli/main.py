@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from virtlab.cli import images, serve
+from virtlab.cli import doctor, images, nodes, serve
 
 app = typer.Typer(
     help="virtlab: a self-hosted virtual network lab server.",
@@ -12,7 +12,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve.serve)
+app.command("doctor")(doctor.doctor)
 app.add_typer(images.app, name="image", help="Import, list, check and remove disk images.")
+app.add_typer(nodes.app, name="node", help="Create, run and reach QEMU nodes.")
 
 
 def main() -> None:

@@ -175,6 +175,12 @@ class QemuImg:
             return done.returncode == 0
         raise _failure(f"qemu-img could not compare {a.name} with {b.name}", done)
 
+    def create_blank(self, dst: Path, size: int) -> None:
+        """An empty qcow2 disk of ``size`` bytes (for nodes that boot from a CD-ROM)."""
+        done = run([self.binary, "create", "-q", "-f", "qcow2", str(dst), str(size)])
+        if done.returncode != 0:
+            raise _failure(f"qemu-img could not create the disk {dst.name}", done)
+
     def create_overlay(self, base: Path, dst: Path) -> None:
         """A qcow2 overlay over a catalog base image (the base is ours, never user data)."""
         done = run(

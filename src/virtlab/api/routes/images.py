@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from virtlab.api.deps import ImageServiceDep
+from virtlab.api.deps import ImageServiceDep, RuntimeDep
 from virtlab.api.multipart import stream_file_field
-from virtlab.api.schemas import Image, ImportedImage, ImportStatus, ScanResult, VerifyResult
+from virtlab.api.schemas import (
+    BootTestRequest,
+    BootTestResult,
+    Image,
+    ImportedImage,
+    ImportStatus,
+    ScanResult,
+    VerifyResult,
+)
 from virtlab.catalog import ImageRecord
 from virtlab.errors import InvalidRequest
 
@@ -153,3 +162,22 @@ def list_imports(images: ImageServiceDep) -> list[ImportStatus]:
 )
 def get_import(import_id: str, images: ImageServiceDep) -> ImportStatus:
     return ImportStatus.of(images.job(import_id))
+
+
+@router.post(
+    "/api/images/{name}/boot-test", response_model=BootTestResult,
+    summary="Boot an image on a throwaway overlay and report what it showed",
+    responses={404: {"description": "No such image", **_ERR}},
+)  # fmt: skip
+async def boot_test(name: ImageName, body: BootTestRequest, runtime: RuntimeDep) -> BootTestResult:
+    """Boots the image (a disk on a throwaway overlay, or a CD-ROM with a blank disk), captures
+    its serial output and a screenshot, and removes everything again."""
+    assert runtime.boot_tests is not None
+    result = await runtime.boot_tests.run(
+        name, seconds=body.seconds, expect=body.expect, ram_mb=body.ram_mb
+    )
+    return BootTestResult(
+        image=result.image, passed=result.passed, reason=result.reason, seconds=result.seconds,
+        serial=result.serial,
+        screenshot_png=base64.b64encode(result.screenshot).decode() if result.screenshot else None,
+    )  # fmt: skip

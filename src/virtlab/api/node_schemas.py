@@ -1,0 +1,107 @@
+"""Wire schemas of the nodes API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from virtlab.catalog import NodeRecord
+from virtlab.nodes.names import stable_mac
+from virtlab.nodes.spec import DiskBus, NicModel
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class NodeCreate(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN, examples=["r1"])
+    image: str = Field(min_length=1, max_length=255, description="a catalog image's name")
+    cpus: int = Field(1, ge=1, le=64)
+    ram_mb: int = Field(256, ge=16, le=1 << 20)
+    disk_bus: DiskBus = DiskBus.VIRTIO
+    nics: int = Field(1, ge=0, le=32, description="how many NICs: eth0, eth1, …")
+    nic_model: NicModel = NicModel.VIRTIO
+    disk_size_mb: int | None = Field(
+        None, ge=1, le=16 << 20,
+        description="for a CD-ROM image: the size of the blank disk beside it",
+    )  # fmt: skip
+    serial: bool = True
+    vnc: bool = True
+    extra_args: list[str] = Field(
+        default_factory=list, max_length=32, description="extra QEMU arguments (an allow-list)"
+    )
+
+
+class NodeUpdate(BaseModel):
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    cpus: int | None = Field(None, ge=1, le=64)
+    ram_mb: int | None = Field(None, ge=16, le=1 << 20)
+    disk_bus: DiskBus | None = None
+    nics: int | None = Field(None, ge=0, le=32)
+    nic_model: NicModel | None = None
+    serial: bool | None = None
+    vnc: bool | None = None
+    extra_args: list[str] | None = Field(None, max_length=32)
+
+
+class Interface(BaseModel):
+    name: str = Field(examples=["eth0"])
+    mac: str
+
+
+class SerialConsole(BaseModel):
+    telnet_host: str | None
+    telnet_port: int | None
+    ws: str = Field(description="WebSocket path for xterm.js")
+
+
+class VncConsole(BaseModel):
+    host: str | None
+    port: int | None = Field(description="TCP port for desktop VNC clients, if enabled")
+    ws: str = Field(description="WebSocket path for noVNC (binary frames)")
+
+
+class Consoles(BaseModel):
+    serial: SerialConsole | None
+    vnc: VncConsole | None
+
+
+class Node(BaseModel):
+    id: str
+    name: str
+    image: str
+    state: str = Field(description="stopped, starting, running, suspended, stopping, crashed")
+    detail: str = Field(description="why it crashed or failed to start: QEMU's last log lines")
+    cpus: int
+    ram_mb: int
+    disk_bus: str
+    nic_model: str
+    interfaces: list[Interface]
+    disk_size_mb: int | None
+    extra_args: list[str]
+    consoles: Consoles
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: NodeRecord, console_host: str) -> Node:
+        base = f"/api/nodes/{record.id}/console"
+        return cls(
+            id=record.id, name=record.name, image=record.image, state=record.state,
+            detail=record.detail, cpus=record.cpus, ram_mb=record.ram_mb,
+            disk_bus=record.disk_bus, nic_model=record.nic_model,
+            interfaces=[
+                Interface(name=f"eth{i}", mac=stable_mac(record.id, i)) for i in range(record.nics)
+            ],
+            disk_size_mb=record.disk_size_mb, extra_args=list(record.extra_args),
+            consoles=Consoles(
+                serial=SerialConsole(
+                    telnet_host=console_host if record.telnet_port else None,
+                    telnet_port=record.telnet_port, ws=f"{base}/serial",
+                ) if record.serial else None,
+                vnc=VncConsole(
+                    host=console_host if record.vnc_port else None, port=record.vnc_port,
+                    ws=f"{base}/vnc",
+                ) if record.vnc else None,
+            ),
+            created_at=record.created_at,
+        )  # fmt: skip

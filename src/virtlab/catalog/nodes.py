@@ -1,0 +1,89 @@
+"""Node rows as plain records, and the queries over them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from virtlab.catalog.models import NodeRow
+
+__all__ = ["NodeRecord", "NodeRepository"]
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    id: str
+    name: str
+    image: str
+    cpus: int
+    ram_mb: int
+    disk_bus: str
+    nics: int
+    nic_model: str
+    serial: bool
+    vnc: bool
+    state: str
+    created_at: datetime
+    disk_size_mb: int | None = None
+    extra_args: tuple[str, ...] = field(default=())
+    telnet_port: int | None = None
+    vnc_port: int | None = None
+    detail: str = ""
+
+    @classmethod
+    def from_row(cls, row: NodeRow) -> NodeRecord:
+        fields = {f: getattr(row, f) for f in cls.__dataclass_fields__}
+        fields["extra_args"] = tuple(json.loads(row.extra_args or "[]"))
+        if fields["created_at"].tzinfo is None:
+            fields["created_at"] = fields["created_at"].replace(tzinfo=UTC)
+        return cls(**fields)
+
+    def to_row(self) -> NodeRow:
+        fields = asdict(self)
+        fields["extra_args"] = json.dumps(list(self.extra_args))
+        return NodeRow(**fields)
+
+
+class NodeRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, record: NodeRecord) -> None:
+        self.session.add(record.to_row())
+        self.session.flush()
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        row = self.session.get(NodeRow, node_id)
+        return NodeRecord.from_row(row) if row else None
+
+    def by_name(self, name: str) -> NodeRecord | None:
+        row = self.session.scalar(select(NodeRow).where(NodeRow.name == name))
+        return NodeRecord.from_row(row) if row else None
+
+    def list(self) -> list[NodeRecord]:
+        rows = self.session.scalars(select(NodeRow).order_by(NodeRow.created_at, NodeRow.name))
+        return [NodeRecord.from_row(r) for r in rows]
+
+    def using_image(self, image: str) -> list[str]:
+        return list(self.session.scalars(select(NodeRow.name).where(NodeRow.image == image)))
+
+    def update(self, node_id: str, **fields: object) -> NodeRecord:
+        row = self.session.get(NodeRow, node_id)
+        if row is None:
+            raise KeyError(node_id)
+        for key, value in fields.items():
+            setattr(row, key, json.dumps(list(value)) if key == "extra_args" else value)  # type: ignore[arg-type]
+        self.session.flush()
+        return NodeRecord.from_row(row)
+
+    def remove(self, node_id: str) -> bool:
+        result = self.session.execute(delete(NodeRow).where(NodeRow.id == node_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def ports_in_use(self) -> set[int]:
+        rows = self.session.execute(select(NodeRow.telnet_port, NodeRow.vnc_port))
+        return {p for row in rows for p in row if p is not None}

@@ -1,0 +1,147 @@
+"""``virtlab doctor``: what this host offers to virtlab, checked locally (no server needed).
+
+QEMU binaries and versions, the accelerator verdict and why, free disk in the data directory,
+and the console port ranges. Exits 1 when something would keep nodes from running.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from virtlab._util.units import human_size
+from virtlab.errors import VirtlabError
+from virtlab.nodes.ports import DEFAULT_TELNET_PORTS, DEFAULT_VNC_PORTS, PortRange
+from virtlab.nodes.qemu.probe import default_cache_path, find_binaries, probe_accelerator
+from virtlab.settings import default_data_dir
+
+__all__ = ["collect", "doctor"]
+
+
+def _free_disk(data_dir: Path) -> dict[str, Any]:
+    """Free space where the data directory is (or would be: its nearest existing parent)."""
+    place = data_dir
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    usage = shutil.disk_usage(place)
+    return {"path": str(data_dir), "measured_at": str(place), "free_bytes": usage.free,
+            "total_bytes": usage.total}  # fmt: skip
+
+
+def collect(
+    data_dir: Path,
+    accel: str,
+    telnet_ports: PortRange,
+    vnc_ports: PortRange,
+    *,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    """The report as plain data; ``problems`` lists what keeps nodes from running, ``notes``
+    what is worth knowing."""
+    report: dict[str, Any] = {"qemu": None, "accelerator": None, "problems": [], "notes": []}
+    problems: list[str] = report["problems"]
+    try:
+        binaries = find_binaries()
+    except VirtlabError as exc:
+        binaries = None
+        problems.append(str(exc))
+    else:
+        report["qemu"] = {
+            name: {"path": b.path, "version": b.version, "banner": b.banner}
+            for name, b in (("system", binaries.system), ("img", binaries.img))
+        }
+    if binaries is not None or accel == "tcg":
+        try:
+            verdict = probe_accelerator(
+                accel, cache_path=default_cache_path(data_dir), refresh=refresh,
+                qemu=binaries.system if binaries else None,
+            )  # fmt: skip
+        except VirtlabError as exc:
+            problems.append(str(exc))
+        else:
+            report["accelerator"] = {
+                "requested": accel, "accel": verdict.accel.value, "reason": verdict.reason,
+                "cached": verdict.cached,
+            }  # fmt: skip
+    report["data_dir"] = _free_disk(data_dir)
+    report["ports"] = {
+        name: {"start": r.start, "end": r.end, "count": r.size}
+        for name, r in (("telnet", telnet_ports), ("vnc", vnc_ports))
+    }
+    if telnet_ports.overlaps(vnc_ports):
+        report["notes"].append(
+            f"telnet ports {telnet_ports} and VNC ports {vnc_ports} overlap: "
+            "each port still goes to one console, but the ranges are smaller than they look"
+        )
+    return report
+
+
+def _table(report: dict[str, Any]) -> Table:
+    table = Table(title="virtlab doctor", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for name, label in (("system", "qemu-system-x86_64"), ("img", "qemu-img")):
+        found = (report["qemu"] or {}).get(name)
+        table.add_row(label, f"{found['version']}  {found['path']}" if found else "[red]missing")
+    verdict = report["accelerator"]
+    if verdict:
+        cached = " (cached)" if verdict["cached"] else ""
+        table.add_row("accelerator", f"[green]{verdict['accel']}[/green]{cached}")
+        table.add_row("", verdict["reason"])
+    else:
+        table.add_row("accelerator", "[red]unavailable")
+    disk = report["data_dir"]
+    table.add_row("data directory", disk["path"])
+    table.add_row("free disk", f"{human_size(disk['free_bytes'])} of "
+                  f"{human_size(disk['total_bytes'])}")  # fmt: skip
+    for name, label in (("telnet", "telnet ports"), ("vnc", "VNC ports")):
+        ports = report["ports"][name]
+        table.add_row(label, f"{ports['start']}-{ports['end']} ({ports['count']})")
+    return table
+
+
+def doctor(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="VIRTLAB_DATA_DIR", help="Data directory [default: XDG data home]."),
+    ] = None,
+    accel: Annotated[
+        str, typer.Option(envvar="VIRTLAB_ACCEL", help="Accelerator to check: auto, kvm or tcg.")
+    ] = "auto",
+    telnet_ports: Annotated[
+        str, typer.Option(envvar="VIRTLAB_TELNET_PORTS", help="Serial console (telnet) ports.")
+    ] = str(DEFAULT_TELNET_PORTS),
+    vnc_ports: Annotated[
+        str, typer.Option(envvar="VIRTLAB_VNC_PORTS", help="VNC console ports.")
+    ] = str(DEFAULT_VNC_PORTS),
+    reprobe: Annotated[
+        bool, typer.Option("--reprobe", help="Probe the accelerator again, ignoring the cache.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Check what this host offers: QEMU, accelerator, free disk, console ports."""
+    err = Console(stderr=True)
+    try:
+        report = collect(
+            data_dir or default_data_dir(), accel.lower(), PortRange.parse(telnet_ports),
+            PortRange.parse(vnc_ports), refresh=reprobe,
+        )  # fmt: skip
+    except VirtlabError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        Console().print(_table(report))
+        for problem in report["problems"]:
+            err.print(f"[red]problem:[/red] {problem}", highlight=False)
+        for note in report["notes"]:
+            err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    if report["problems"]:
+        raise typer.Exit(1)

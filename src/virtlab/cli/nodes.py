@@ -1,0 +1,184 @@
+"""``virtlab node …``: create, list, show, start, stop, kill, reset, suspend, resume, wipe, rm,
+console, screenshot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+from virtlab.cli.client import ApiError, Client
+from virtlab.cli.serial_console import run_console
+
+app = typer.Typer(no_args_is_help=True)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url", envvar="VIRTLAB_URL", help="Server URL [default: http://127.0.0.1:8080]."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = Client(url, timeout=None).request(method, path, **kwargs)  # type: ignore[arg-type]
+    except ApiError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    return response
+
+
+def _node_path(ref: str) -> str:
+    return f"/api/nodes/{quote(ref, safe='')}"
+
+
+def _print_node(node: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(node))
+        return
+    grid = Table.grid(padding=(0, 2))
+    for key in ("name", "id", "state", "image", "cpus", "ram_mb", "disk_bus", "nic_model"):
+        grid.add_row(f"[bold]{key}[/bold]", str(node[key]))
+    for iface in node["interfaces"]:
+        grid.add_row(f"[bold]{iface['name']}[/bold]", iface["mac"])
+    serial, vnc = node["consoles"]["serial"], node["consoles"]["vnc"]
+    if serial and serial["telnet_port"]:
+        grid.add_row(
+            "[bold]telnet[/bold]", f"telnet {serial['telnet_host']} {serial['telnet_port']}"
+        )
+    if vnc and vnc["port"]:
+        grid.add_row("[bold]vnc[/bold]", f"{vnc['host']}:{vnc['port']}")
+    if node["detail"]:
+        grid.add_row("[bold]detail[/bold]", node["detail"])
+    out.print(grid)
+
+
+@app.command("create")
+def create(
+    name: str,
+    image: Annotated[str, typer.Option("--image", "-i", help="A catalog image's name.")],
+    cpus: int = 1,
+    ram_mb: Annotated[int, typer.Option("--ram-mb", help="Memory in MiB.")] = 256,
+    disk_bus: Annotated[str, typer.Option(help="virtio, ide, sata or scsi.")] = "virtio",
+    nics: Annotated[int, typer.Option(help="How many NICs (eth0…).")] = 1,
+    nic_model: Annotated[str, typer.Option(help="virtio-net-pci, e1000, rtl8139, vmxnet3.")] = (
+        "virtio-net-pci"
+    ),
+    disk_size_mb: Annotated[
+        int | None, typer.Option(help="For a CD-ROM image: the blank disk's size.")
+    ] = None,
+    extra_arg: Annotated[
+        list[str] | None, typer.Option("--extra-arg", help="An extra QEMU argument (repeat).")
+    ] = None,
+    start: Annotated[bool, typer.Option("--start", help="Start it at once.")] = False,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a node over a catalog image (its disk is a copy-on-write overlay)."""
+    body = {
+        "name": name, "image": image, "cpus": cpus, "ram_mb": ram_mb, "disk_bus": disk_bus,
+        "nics": nics, "nic_model": nic_model, "disk_size_mb": disk_size_mb,
+        "extra_args": extra_arg or [],
+    }  # fmt: skip
+    node = _call(url, "POST", "/api/nodes", json=body).json()
+    if start:
+        node = _call(url, "POST", f"{_node_path(node['id'])}/start").json()
+    _print_node(node, as_json)
+
+
+@app.command("list")
+def list_(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """List nodes."""
+    nodes = _call(url, "GET", "/api/nodes").json()
+    if as_json:
+        out.print_json(json.dumps(nodes))
+        return
+    table = Table(Column("name", no_wrap=True), "state", "image", "cpus", "ram", "telnet", "vnc")
+    for node in nodes:
+        serial, vnc = node["consoles"]["serial"], node["consoles"]["vnc"]
+        table.add_row(
+            node["name"],
+            node["state"],
+            node["image"],
+            str(node["cpus"]),
+            f"{node['ram_mb']} MiB",
+            str(serial["telnet_port"] or "") if serial else "",
+            str(vnc["port"] or "") if vnc else "",
+        )
+    out.print(table)
+
+
+@app.command("show")
+def show(node: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a node."""
+    _print_node(_call(url, "GET", _node_path(node)).json(), as_json)
+
+
+def _lifecycle(action: str, doc: str) -> None:
+    def command(
+        nodes: Annotated[list[str], typer.Argument(help="Node names or ids.")],
+        url: UrlOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        results = [_call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
+        if as_json:
+            out.print_json(json.dumps(results))
+        else:
+            for node in results:
+                out.print(f"{node['name']}: {node['state']}")
+
+    command.__doc__ = doc
+    app.command(action)(command)
+
+
+_lifecycle("start", "Start nodes (returns once QEMU runs).")
+_lifecycle("stop", "Stop nodes: ACPI power-down, then a hard stop after the timeout.")
+_lifecycle("kill", "End nodes' QEMU at once.")
+_lifecycle("reset", "Reset running nodes.")
+_lifecycle("suspend", "Pause running nodes.")
+_lifecycle("resume", "Resume suspended nodes.")
+_lifecycle("wipe", "Give stopped nodes a fresh disk (their changes are lost).")
+
+
+@app.command("rm")
+def rm(nodes: list[str], url: UrlOpt = None) -> None:
+    """Delete stopped nodes and their disks."""
+    for node in nodes:
+        _call(url, "DELETE", _node_path(node))
+        out.print(f"removed {node}")
+
+
+@app.command("screenshot")
+def screenshot(
+    node: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path(
+        "screenshot.png"
+    ),
+    url: UrlOpt = None,
+) -> None:
+    """Save the node's display as a PNG."""
+    data = _call(url, "GET", f"{_node_path(node)}/screenshot").content
+    output.write_bytes(data)
+    out.print(f"wrote {output} ({len(data)} bytes)")
+
+
+@app.command("console")
+def console(node: str, url: UrlOpt = None) -> None:
+    """Attach this terminal to the node's serial console (Ctrl-] quits)."""
+    client = Client(url)
+    try:
+        record = client.get(_node_path(node))
+    except ApiError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    ws_url = client.url.replace("http", "ws", 1) + record["consoles"]["serial"]["ws"]
+    raise typer.Exit(run_console(ws_url, record["name"]))

@@ -1,0 +1,1 @@
+"""Nodes: QEMU machines on copy-on-write overlays of catalog images."""

@@ -1,0 +1,1 @@
+"""The QEMU node driver: command line (argv), process, monitor (QMP), host probe."""

@@ -1,0 +1,221 @@
+"""The QEMU node driver: overlays by qemu-img, machines by qemu-system, control by QMP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from virtlab.errors import Conflict
+from virtlab.images.qemu_img import QemuImg
+from virtlab.nodes.driver import NodeDriver
+from virtlab.nodes.qemu.argv import build_argv
+from virtlab.nodes.qemu.monitor import Monitor, MonitorError
+from virtlab.nodes.qemu.process import LaunchFailure, QemuProcess, log_tail
+from virtlab.nodes.spec import NodeSpec
+from virtlab.nodes.state import NodeState
+
+__all__ = ["QemuDriver"]
+
+log = logging.getLogger("virtlab.nodes")
+
+_SHUTDOWN = "SHUTDOWN"  # QMP event: the guest (or we) asked for power-off
+
+
+@dataclass
+class _Machine:
+    spec: NodeSpec
+    process: QemuProcess
+    monitor: Monitor
+    expected_exit: bool = False  # we asked it to end: its exit is not a crash
+    suspended: bool = False
+    watcher: asyncio.Task | None = field(default=None, repr=False)
+
+
+class QemuDriver(NodeDriver):
+    kind = "qemu"
+
+    def __init__(
+        self,
+        *,
+        qemu_img: QemuImg,
+        binary: str = "qemu-system-x86_64",
+        start_timeout: float = 30,
+    ) -> None:
+        super().__init__()
+        self.qemu_img = qemu_img
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self._machines: dict[str, _Machine] = {}
+
+    # -- disks ----------------------------------------------------------------------------------
+
+    async def create_disk(self, spec: NodeSpec, base: Path | None, size_mb: int | None) -> None:
+        spec.paths.root.mkdir(parents=True, exist_ok=True)
+        disk = spec.paths.disk
+        fresh = disk.with_name(f".{disk.name}.new")
+        fresh.unlink(missing_ok=True)
+        if base is not None:
+            await asyncio.to_thread(self.qemu_img.create_overlay, base, fresh)
+        else:
+            await asyncio.to_thread(self.qemu_img.create_blank, fresh, (size_mb or 1024) << 20)
+        fresh.replace(disk)  # a wipe swaps the whole disk in one step
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, spec: NodeSpec) -> None:
+        if spec.id in self._machines:
+            raise Conflict(f"node {spec.name} already runs")
+        paths = spec.paths
+        for stale in (paths.qmp, paths.serial, paths.vnc, paths.pidfile):
+            stale.unlink(missing_ok=True)
+        argv = build_argv(spec, binary=self.binary)
+        with paths.log.open("ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
+        process = QemuProcess.launch(argv, log=paths.log)
+        try:
+            monitor = await self._connect(spec, process)
+        except BaseException:
+            process.signal()
+            await process.wait(10)
+            raise
+        self._track(_Machine(spec, process, monitor))
+
+    async def _connect(self, spec: NodeSpec, process: QemuProcess) -> Monitor:
+        """Connect to the QMP socket QEMU creates, unless QEMU dies or takes too long."""
+        deadline = time.monotonic() + self.start_timeout
+        delay = 0.005
+        while True:
+            if not process.alive or time.monotonic() > deadline:
+                why = "exited" if not process.alive else f"did not answer in {self.start_timeout} s"
+                raise LaunchFailure(
+                    f"QEMU for node {spec.name} {why}: {log_tail(spec.paths.log, 8)}",
+                    (),
+                    process.returncode,
+                    log_tail(spec.paths.log),
+                )
+            monitor = Monitor(spec.name)
+            try:
+                await monitor.connect(spec.paths.qmp)
+                return monitor
+            except MonitorError:  # not listening yet
+                await monitor.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), delay)
+            delay = min(delay * 2, 0.1)
+
+    def _track(self, machine: _Machine) -> None:
+        self._machines[machine.spec.id] = machine
+        machine.watcher = asyncio.create_task(self._watch(machine), name=f"watch-{machine.spec.id}")
+
+    async def _watch(self, machine: _Machine) -> None:
+        await machine.process.wait()
+        await machine.monitor.close()
+        self._machines.pop(machine.spec.id, None)
+        asked = machine.expected_exit or machine.monitor.seen(_SHUTDOWN)
+        if asked:
+            await self._exited(machine.spec.id, NodeState.STOPPED)
+        else:
+            code = machine.process.returncode
+            how = (
+                f"exit code {code}"
+                if code is not None and code >= 0
+                else (f"signal {-code}" if code is not None else "no exit status (adopted)")
+            )
+            tail = log_tail(machine.spec.paths.log)
+            log.warning("node %s crashed (%s)", machine.spec.name, how)
+            await self._exited(machine.spec.id, NodeState.CRASHED, f"QEMU ended ({how}):\n{tail}")
+
+    def _get(self, node_id: str) -> _Machine:
+        machine = self._machines.get(node_id)
+        if machine is None:
+            raise Conflict(f"node {node_id} has no running machine")
+        return machine
+
+    async def stop(self, node_id: str, timeout: float) -> bool:
+        machine = self._get(node_id)
+        machine.expected_exit = True
+        with contextlib.suppress(MonitorError):
+            if machine.suspended:
+                await machine.monitor.cont()  # a paused guest cannot see the power button
+            await machine.monitor.system_powerdown()
+        graceful = await machine.process.wait(timeout)
+        if not graceful:
+            log.info("node %s ignored the ACPI power-down for %s s; stopping it", node_id, timeout)
+            machine.process.signal()
+            await machine.process.wait()
+        await self._settled(machine)
+        return graceful
+
+    async def kill(self, node_id: str) -> None:
+        machine = self._get(node_id)
+        machine.expected_exit = True
+        machine.process.signal()
+        await machine.process.wait()
+        await self._settled(machine)
+
+    async def _settled(self, machine: _Machine) -> None:
+        if machine.watcher is not None:
+            await asyncio.shield(machine.watcher)
+
+    async def reset(self, node_id: str) -> None:
+        await self._get(node_id).monitor.system_reset()
+
+    async def suspend(self, node_id: str) -> None:
+        machine = self._get(node_id)
+        await machine.monitor.stop()
+        machine.suspended = True
+
+    async def resume(self, node_id: str) -> None:
+        machine = self._get(node_id)
+        await machine.monitor.cont()
+        machine.suspended = False
+
+    async def screenshot(self, node_id: str) -> bytes:
+        machine = self._get(node_id)
+        target = machine.spec.paths.root / f".screen-{uuid.uuid4().hex}.png"
+        try:
+            await machine.monitor.screendump(target)
+            return target.read_bytes()
+        finally:
+            target.unlink(missing_ok=True)
+
+    async def adopt(self, spec: NodeSpec) -> NodeState | None:
+        process = QemuProcess.adopt(spec.paths.pidfile, spec.paths.root, spec.paths.log)
+        if process is None:
+            return None
+        monitor = Monitor(spec.name)
+        try:
+            await monitor.connect(spec.paths.qmp)
+            status = await monitor.status()
+        except MonitorError as exc:
+            log.warning("node %s: QEMU runs (pid %s) but its monitor fails: %s",
+                        spec.name, process.pid, exc)  # fmt: skip
+            await monitor.close()
+            process.forget()
+            return None
+        machine = _Machine(spec, process, monitor, suspended=status == "paused")
+        self._track(machine)
+        return NodeState.SUSPENDED if machine.suspended else NodeState.RUNNING
+
+    def state(self, node_id: str) -> NodeState:
+        machine = self._machines.get(node_id)
+        if machine is None:
+            return NodeState.STOPPED
+        return NodeState.SUSPENDED if machine.suspended else NodeState.RUNNING
+
+    def pid(self, node_id: str) -> int | None:
+        machine = self._machines.get(node_id)
+        return machine.process.pid if machine else None
+
+    async def close(self) -> None:
+        for machine in list(self._machines.values()):
+            if machine.watcher is not None:
+                machine.watcher.cancel()
+            machine.process.forget()
+            await machine.monitor.close()
+        self._machines.clear()

@@ -1,0 +1,128 @@
+"""Each running node's consoles: its serial hub, telnet port and VNC port, opened and closed
+with the node. Ports are allocated once, when the node is created, and kept."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+
+from virtlab.catalog import NodeRecord
+from virtlab.consoles import ConsoleUnavailable, SerialHub, TelnetServer, VncTcpProxy
+from virtlab.errors import Conflict, InsufficientStorage
+from virtlab.nodes.ports import PortRange
+from virtlab.nodes.spec import NodeSpec
+from virtlab.nodes.state import NodeState
+
+__all__ = ["ConsoleManager", "NodeConsoles", "Ports"]
+
+log = logging.getLogger("virtlab.consoles")
+
+
+@dataclass(frozen=True)
+class Ports:
+    telnet: int | None
+    vnc: int | None
+
+
+@dataclass
+class NodeConsoles:
+    spec: NodeSpec
+    hub: SerialHub | None = None
+    telnet: TelnetServer | None = None
+    vnc: VncTcpProxy | None = None
+
+
+class ConsoleManager:
+    def __init__(
+        self, *, host: str, telnet_ports: PortRange, vnc_ports: PortRange,
+        vnc_tcp: bool = True, scrollback_bytes: int = 256 << 10,
+    ) -> None:  # fmt: skip
+        self.host = host
+        self.telnet_ports = telnet_ports
+        self.vnc_ports = vnc_ports
+        self.vnc_tcp = vnc_tcp
+        self.scrollback_bytes = scrollback_bytes
+        self._open: dict[str, NodeConsoles] = {}
+
+    # -- ports --------------------------------------------------------------------------------
+
+    def allocate(self, in_use: set[int], serial: bool, vnc: bool) -> Ports:
+        telnet = self._free(self.telnet_ports, in_use, "telnet") if serial else None
+        taken = in_use | ({telnet} if telnet else set())
+        vnc_port = self._free(self.vnc_ports, taken, "VNC") if vnc and self.vnc_tcp else None
+        return Ports(telnet, vnc_port)
+
+    def _free(self, ports: PortRange, in_use: set[int], what: str) -> int:
+        for port in range(ports.start, ports.end + 1):
+            if port not in in_use and _bindable(self.host, port):
+                return port
+        raise InsufficientStorage(
+            f"no free {what} console port left in {ports.start}-{ports.end} on {self.host}; "
+            "delete unused nodes or widen the range"
+        )
+
+    # -- consoles of running nodes ------------------------------------------------------------
+
+    async def open(self, record: NodeRecord, spec: NodeSpec) -> NodeConsoles:
+        await self.close(record.id)
+        consoles = NodeConsoles(spec)
+        self._open[record.id] = consoles
+        try:
+            if spec.serial:
+                consoles.hub = SerialHub(
+                    spec.paths.serial, scrollback_bytes=self.scrollback_bytes,
+                    log_path=spec.paths.root / "serial.scrollback",
+                )  # fmt: skip
+                await consoles.hub.start()
+                if record.telnet_port:
+                    consoles.telnet = TelnetServer(consoles.hub, self.host, record.telnet_port)
+                    await consoles.telnet.start()
+            if spec.vnc and record.vnc_port and self.vnc_tcp:
+                consoles.vnc = VncTcpProxy(spec.paths.vnc, self.host, record.vnc_port)
+                await consoles.vnc.start()
+        except (OSError, ConsoleUnavailable) as exc:
+            log.warning("node %s: a console could not be opened: %s", record.name, exc)
+        return consoles
+
+    def hub(self, record: NodeRecord) -> SerialHub:
+        consoles = self._open.get(record.id)
+        if consoles is None or consoles.hub is None:
+            state = NodeState(record.state)
+            raise Conflict(
+                f"node {record.name} has no serial console now (it is {state.value}); start it"
+                if state not in (NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STARTING)
+                else f"node {record.name} has no serial console (it was created without one)"
+            )
+        return consoles.hub
+
+    def vnc_socket(self, record: NodeRecord):  # type: ignore[no-untyped-def]
+        consoles = self._open.get(record.id)
+        if consoles is None or not consoles.spec.vnc:
+            raise Conflict(f"node {record.name} has no VNC console now (it is {record.state})")
+        return consoles.spec.paths.vnc
+
+    async def close(self, node_id: str) -> None:
+        consoles = self._open.pop(node_id, None)
+        if consoles is None:
+            return
+        for part in (consoles.telnet, consoles.vnc, consoles.hub):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    await part.stop()
+
+    async def close_all(self) -> None:
+        for node_id in list(self._open):
+            await self.close(node_id)
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

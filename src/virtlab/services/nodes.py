@@ -1,0 +1,311 @@
+"""Node use cases: create, start, stop, kill, reset, suspend, resume, wipe, edit, delete.
+
+Combines the catalog (node rows), the image catalog (bases), a node driver (machines) and the
+console manager. Each action is guarded by the node's state (``virtlab.nodes.state``); a
+transition runs under the node's own lock, so two requests for one node never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from virtlab.catalog import Catalog, NodeRecord, NodeRepository
+from virtlab.errors import Conflict, InvalidRequest, NotFound
+from virtlab.images.formats import ImageKind
+from virtlab.nodes.driver import NodeDriver
+from virtlab.nodes.names import stable_mac, validate_name
+from virtlab.nodes.qemu.argv import check_extra_args
+from virtlab.nodes.qemu.process import log_tail
+from virtlab.nodes.spec import Accel, DiskBus, NicModel, NicSpec, NodeSpec, RunPaths
+from virtlab.nodes.state import Action, NodeState, guard
+from virtlab.services.consoles import ConsoleManager
+from virtlab.services.images import ImageService
+
+__all__ = ["NodeService", "NodeSettings"]
+
+log = logging.getLogger("virtlab.nodes")
+
+_ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What a user asks for; every field is checked before anything is made."""
+
+    name: str
+    image: str
+    cpus: int = 1
+    ram_mb: int = 256
+    disk_bus: DiskBus = DiskBus.VIRTIO
+    nics: int = 1
+    nic_model: NicModel = NicModel.VIRTIO
+    disk_size_mb: int | None = None  # only for an ISO image: the blank disk beside it
+    serial: bool = True
+    vnc: bool = True
+    extra_args: tuple[str, ...] = ()
+
+    def checked(self) -> NodeSettings:
+        validate_name(self.name)
+        if not 1 <= self.cpus <= 64:
+            raise InvalidRequest(f"cpus must be between 1 and 64, not {self.cpus}")
+        if not 16 <= self.ram_mb <= 1 << 20:
+            raise InvalidRequest(f"ram_mb must be between 16 and 1048576, not {self.ram_mb}")
+        if not 0 <= self.nics <= 32:
+            raise InvalidRequest(f"nics must be between 0 and 32, not {self.nics}")
+        return replace(self, extra_args=check_extra_args(self.extra_args))
+
+
+@dataclass
+class NodeService:
+    catalog: Catalog
+    images: ImageService
+    driver: NodeDriver
+    consoles: ConsoleManager
+    nodes_dir: Path
+    accel: Callable[[], Accel]
+    stop_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.driver.on_exit = self._on_exit
+        self.images.users_of = self.users_of
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def list(self) -> list[NodeRecord]:
+        with self.catalog.session() as session:
+            return NodeRepository(session).list()
+
+    def get(self, ref: str) -> NodeRecord:
+        """A node by id or by name."""
+        with self.catalog.session() as session:
+            repo = NodeRepository(session)
+            record = repo.get(ref) or repo.by_name(ref)
+        if record is None:
+            raise NotFound(f"no node {ref!r}; `virtlab node list` shows the nodes")
+        return record
+
+    def users_of(self, image: str) -> list[str]:
+        with self.catalog.session() as session:
+            return NodeRepository(session).using_image(image)
+
+    def spec(self, record: NodeRecord) -> NodeSpec:
+        image = self.images.get(record.image)
+        path = self.images.store.absolute(image.path)
+        cdrom = path if image.kind == ImageKind.CDROM else None
+        nics = tuple(
+            NicSpec(i, NicModel(record.nic_model), stable_mac(record.id, i))
+            for i in range(record.nics)
+        )
+        return NodeSpec(
+            id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
+            accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,
+            disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
+            vnc=record.vnc, uuid=str(uuid.UUID(record.id)), extra_args=record.extra_args,
+        )  # fmt: skip
+
+    # -- creating and editing -----------------------------------------------------------------
+
+    async def create(self, settings: NodeSettings) -> NodeRecord:
+        settings = settings.checked()
+        image = self.images.get(settings.image)
+        base = self.images.store.absolute(image.path)
+        if image.kind == ImageKind.CDROM:
+            if not settings.disk_size_mb:
+                raise InvalidRequest(
+                    f"{image.name} is a CD-ROM image: give disk_size_mb for the blank disk the "
+                    "node installs onto"
+                )
+            base = None
+        elif image.format != "qcow2":
+            raise Conflict(
+                f"{image.name} is stored as {image.format}, not qcow2; run "
+                "`virtlab image verify --fix` to convert it first"
+            )
+        node_id = uuid.uuid4().hex
+        ports = self.consoles.allocate(self._ports_in_use(), settings.serial, settings.vnc)
+        record = NodeRecord(
+            id=node_id, name=settings.name, image=image.name, cpus=settings.cpus,
+            ram_mb=settings.ram_mb, disk_bus=settings.disk_bus.value, nics=settings.nics,
+            nic_model=settings.nic_model.value, serial=settings.serial, vnc=settings.vnc,
+            state=NodeState.STOPPED.value, created_at=datetime.now(UTC),
+            disk_size_mb=settings.disk_size_mb if base is None else None,
+            extra_args=settings.extra_args, telnet_port=ports.telnet, vnc_port=ports.vnc,
+        )  # fmt: skip
+        self._check_name_free(settings.name)
+        try:
+            await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
+            with self.catalog.session() as session:
+                NodeRepository(session).add(record)
+        except BaseException:
+            shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
+            raise
+        return record
+
+    def _ports_in_use(self) -> set[int]:
+        with self.catalog.session() as session:
+            return NodeRepository(session).ports_in_use()
+
+    def _check_name_free(self, name: str, but: str | None = None) -> None:
+        with self.catalog.session() as session:
+            other = NodeRepository(session).by_name(name)
+        if other is not None and other.id != but:
+            raise Conflict(f"a node named {name} already exists; choose another name")
+
+    async def edit(self, ref: str, **changes: object) -> NodeRecord:
+        record = self.get(ref)
+        async with self._locks[record.id]:
+            record = self.get(record.id)
+            guard(record.name, NodeState(record.state), Action.EDIT)
+            current = NodeSettings(
+                name=record.name, image=record.image, cpus=record.cpus, ram_mb=record.ram_mb,
+                disk_bus=DiskBus(record.disk_bus), nics=record.nics,
+                nic_model=NicModel(record.nic_model), disk_size_mb=record.disk_size_mb,
+                serial=record.serial, vnc=record.vnc, extra_args=record.extra_args,
+            )  # fmt: skip
+            if "image" in changes and changes["image"] != record.image:
+                raise InvalidRequest("a node's image cannot change; create another node")
+            wanted = replace(current, **changes).checked()  # type: ignore[arg-type]
+            self._check_name_free(wanted.name, but=record.id)
+            fields = {
+                k: getattr(wanted, k).value if hasattr(getattr(wanted, k), "value")
+                else getattr(wanted, k)
+                for k in changes
+            }  # fmt: skip
+            with self.catalog.session() as session:
+                return NodeRepository(session).update(record.id, **fields)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _set(self, node_id: str, state: NodeState, detail: str | None = None) -> NodeRecord:
+        fields: dict[str, object] = {"state": state.value}
+        if detail is not None:
+            fields["detail"] = detail
+        with self.catalog.session() as session:
+            return NodeRepository(session).update(node_id, **fields)
+
+    async def _transition(self, ref: str, action: Action) -> NodeRecord:
+        record = self.get(ref)
+        guard(record.name, NodeState(record.state), action)
+        return record
+
+    async def start(self, ref: str) -> NodeRecord:
+        record = self.get(ref)
+        async with self._locks[record.id]:
+            record = await self._transition(record.id, Action.START)
+            spec = self.spec(record)
+            if not spec.paths.disk.exists():
+                raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
+            self._set(record.id, NodeState.STARTING, "")
+            try:
+                await self.driver.start(spec)
+            except BaseException as exc:
+                self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
+                raise
+            await self.consoles.open(record, spec)
+            return self._set(record.id, NodeState.RUNNING)
+
+    async def stop(self, ref: str, timeout: float | None = None) -> NodeRecord:
+        record = self.get(ref)
+        async with self._locks[record.id]:
+            await self._transition(record.id, Action.STOP)
+            self._set(record.id, NodeState.STOPPING)
+            grace = self.stop_timeout if timeout is None else timeout
+            if not await self.driver.stop(record.id, grace):
+                note = f"the guest did not power off within {grace:g} s; it was stopped hard"
+                return self._set(record.id, NodeState.STOPPED, note)
+            return self.get(record.id)
+
+    async def kill(self, ref: str) -> NodeRecord:
+        # Not under the node's lock: a kill must cut short a stop that waits for the guest.
+        record = await self._transition(ref, Action.KILL)
+        await self.driver.kill(record.id)
+        return self.get(record.id)
+
+    async def reset(self, ref: str) -> NodeRecord:
+        record = await self._transition(ref, Action.RESET)
+        await self.driver.reset(record.id)
+        return record
+
+    async def suspend(self, ref: str) -> NodeRecord:
+        record = self.get(ref)
+        async with self._locks[record.id]:
+            await self._transition(record.id, Action.SUSPEND)
+            await self.driver.suspend(record.id)
+            return self._set(record.id, NodeState.SUSPENDED)
+
+    async def resume(self, ref: str) -> NodeRecord:
+        record = self.get(ref)
+        async with self._locks[record.id]:
+            await self._transition(record.id, Action.RESUME)
+            await self.driver.resume(record.id)
+            return self._set(record.id, NodeState.RUNNING)
+
+    async def wipe(self, ref: str) -> NodeRecord:
+        record = self.get(ref)
+        async with self._locks[record.id]:
+            record = await self._transition(record.id, Action.WIPE)
+            image = self.images.get(record.image)
+            base = None if image.kind == ImageKind.CDROM else self.images.store.absolute(image.path)
+            await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
+            return self._set(record.id, NodeState.STOPPED, "")
+
+    async def delete(self, ref: str) -> NodeRecord:
+        record = self.get(ref)
+        async with self._locks[record.id]:
+            record = await self._transition(record.id, Action.DELETE)
+            await self.consoles.close(record.id)
+            with self.catalog.session() as session:
+                NodeRepository(session).remove(record.id)
+            shutil.rmtree(self.nodes_dir / record.id, ignore_errors=True)
+        self._locks.pop(record.id, None)
+        return record
+
+    async def screenshot(self, ref: str) -> bytes:
+        record = await self._transition(ref, Action.SCREENSHOT)
+        return await self.driver.screenshot(record.id)
+
+    async def _on_exit(self, node_id: str, state: NodeState, detail: str) -> None:
+        await self.consoles.close(node_id)
+        try:
+            record = self._set(node_id, state, detail)
+        except KeyError:
+            return  # deleted meanwhile
+        if state is NodeState.CRASHED:
+            log.warning(
+                "node %s crashed: %s", record.name, detail.splitlines()[0] if detail else ""
+            )
+
+    # -- server start and stop ----------------------------------------------------------------
+
+    async def adopt_all(self) -> None:
+        """Re-adopt the machines that outlived the last server; mark the dead ones crashed."""
+        for record in self.list():
+            if NodeState(record.state) not in _ACTIVE:
+                continue
+            spec = self.spec(record)
+            state = await self.driver.adopt(spec)
+            if state is None:
+                tail = log_tail(spec.paths.log)
+                why = f"QEMU was no longer running when the server restarted:\n{tail}"
+                self._set(record.id, NodeState.CRASHED, why)
+                continue
+            await self.consoles.open(record, spec)
+            self._set(record.id, state)
+            log.info("re-adopted node %s (%s)", record.name, state.value)
+
+    async def shutdown(self, *, stop_nodes: bool) -> None:
+        if stop_nodes:
+            for record in self.list():
+                if NodeState(record.state) in (NodeState.RUNNING, NodeState.SUSPENDED):
+                    await self.stop(record.id)
+        await self.consoles.close_all()
+        await self.driver.close()
