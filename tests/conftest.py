@@ -17,6 +17,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         yield srv
     finally:
+        srv.kill_nodes()
         srv.stop()
 
 
@@ -32,4 +33,5 @@ def make_server(tmp_path: Path) -> Iterator:
 
     yield make
     for srv in started:
+        srv.kill_nodes()
         srv.stop()

@@ -7,10 +7,7 @@ first boot device, as when installing an OS from a CD.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import signal
 from collections.abc import Iterator
 
 import httpx
@@ -37,15 +34,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict
         assert response.status_code == 201, response.text
         yield server, response.json()
     finally:
-        _kill_all(server)
+        server.kill_nodes()
         server.stop()
-
-
-def _kill_all(server: Server) -> None:
-    """Stop every QEMU the tests started, by its pid file, whatever the server's state."""
-    for pidfile in (server.data_dir / "nodes").glob("*/qemu.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 def _act(client: httpx.Client, node: str, action: str) -> dict:

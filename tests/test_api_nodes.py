@@ -7,7 +7,6 @@ Consoles are reached the way users reach them: the serial WebSocket (xterm.js), 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -43,15 +42,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]
             image = client.put("/api/images/boot.img", content=raw.read_bytes()).json()["name"]
         yield server, image
     finally:
-        _kill_all(server)
+        server.kill_nodes()
         server.stop()
-
-
-def _kill_all(server: Server) -> None:
-    """Stop every QEMU the tests started, by its pid file, whatever the server's state."""
-    for pidfile in (server.data_dir / "nodes").glob("*/qemu.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 def _create(client: httpx.Client, image: str, name: str, **extra: object) -> dict:

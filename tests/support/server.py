@@ -6,6 +6,7 @@ so on stderr (an event, not a sleep); stopped by its pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -86,6 +87,13 @@ class Server:
     def wait_exit(self, timeout: float = 60) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
+
+    def kill_nodes(self) -> None:
+        """SIGKILL every node's QEMU by its pid file, whatever the server's state: tests that
+        start nodes call this last, so no guest outlives them."""
+        for pidfile in (self.data_dir / "nodes").glob("*/qemu.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError, OSError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

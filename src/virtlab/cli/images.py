@@ -13,24 +13,15 @@ from urllib.parse import quote
 
 import httpx
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 from rich.table import Column, Table
 
 from virtlab._util.units import human_size
 from virtlab.cli.client import ApiError, Client, raise_for
+from virtlab.cli.options import JsonOpt, UrlOpt, err, out
 
 app = typer.Typer(no_args_is_help=True)
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines
 
-UrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--url", envvar="VIRTLAB_URL", help="Server URL [default: http://127.0.0.1:8080]."
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CHUNK = 1 << 20
 
 

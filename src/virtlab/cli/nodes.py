@@ -9,23 +9,13 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
 from virtlab.cli.client import ApiError, Client
+from virtlab.cli.options import JsonOpt, UrlOpt, err, out
 from virtlab.cli.serial_console import run_console
 
 app = typer.Typer(no_args_is_help=True)
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines
-
-UrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--url", envvar="VIRTLAB_URL", help="Server URL [default: http://127.0.0.1:8080]."
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:

@@ -26,6 +26,7 @@ import contextlib
 import logging
 
 from virtlab.consoles.hub import ConsoleUnavailable, SerialHub, Subscription, first_completed
+from virtlab.consoles.tcp import TcpConsolePort
 
 __all__ = ["TelnetCodec", "TelnetServer"]
 
@@ -152,62 +153,19 @@ class TelnetCodec:
         return (self._us if ours else self._him).get(option) == _YES
 
 
-class TelnetServer:
+class TelnetServer(TcpConsolePort):
     """A TCP port that serves one node's serial console over telnet, to any number of clients.
 
     ``port=0`` picks a free port; :attr:`port` tells which after :meth:`start`.
     """
 
+    what = "telnet server"
+
     def __init__(self, hub: SerialHub, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
         self.hub = hub
-        self.host = host
-        self._requested_port = port
-        self._server: asyncio.Server | None = None
-        self._port = 0
-        self._connections: set[asyncio.Task[None]] = set()
 
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the telnet server is not started")
-        return self._port
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
-
-    async def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("the telnet server is already started")
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self._requested_port, reuse_address=True
-        )
-        self._port = int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        """Stop listening and close every connection (the hub goes on)."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def __aenter__(self) -> TelnetServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._server is None or not self._server.is_serving():  # stopped meanwhile
-            writer.close()
-            return
-        self._connections.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         codec = TelnetCodec()
         try:
             writer.write(codec.greeting())
@@ -215,13 +173,6 @@ class TelnetServer:
                 await first_completed(_output(sub, writer), self._input(reader, writer, codec))
         except OSError as exc:
             log.debug("telnet client %s: %s", writer.get_extra_info("peername"), exc)
-        except asyncio.CancelledError:  # stop(): the connection ends, the task ends quietly
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
 
     async def _input(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, codec: TelnetCodec

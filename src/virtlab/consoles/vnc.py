@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from virtlab.consoles.hub import ConsoleUnavailable, first_completed
+from virtlab.consoles.tcp import TcpConsolePort
 
 __all__ = ["VncTcpProxy", "open_vnc", "pipe"]
 
@@ -53,72 +54,23 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-class VncTcpProxy:
+class VncTcpProxy(TcpConsolePort):
     """Listens on ``host:port`` (``port=0``: a free one) and pipes each connection to a new
     connection to ``vnc_socket``."""
 
+    what = "VNC proxy"
+
     def __init__(self, vnc_socket: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
         self.vnc_socket = Path(vnc_socket)
-        self.host = host
-        self._requested_port = port
-        self._server: asyncio.Server | None = None
-        self._port = 0
-        self._connections: set[asyncio.Task[None]] = set()
 
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the VNC proxy is not started")
-        return self._port
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
-
-    async def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("the VNC proxy is already started")
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self._requested_port, reuse_address=True
-        )
-        self._port = int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        """Stop listening and close every connection (QEMU goes on)."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def __aenter__(self) -> VncTcpProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._server is None or not self._server.is_serving():  # stopped meanwhile
-            writer.close()
-            return
-        self._connections.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            try:
-                vnc_reader, vnc_writer = await open_vnc(self.vnc_socket)
-            except ConsoleUnavailable as exc:
-                log.info("VNC client %s refused: %s", writer.get_extra_info("peername"), exc)
-                return
-            try:
-                await first_completed(pipe(reader, vnc_writer), pipe(vnc_reader, writer))
-            finally:
-                await close_writer(vnc_writer)
-        except asyncio.CancelledError:  # stop(): the connection ends, the task ends quietly
-            pass
+            vnc_reader, vnc_writer = await open_vnc(self.vnc_socket)
+        except ConsoleUnavailable as exc:
+            log.info("VNC client %s refused: %s", writer.get_extra_info("peername"), exc)
+            return
+        try:
+            await first_completed(pipe(reader, vnc_writer), pipe(vnc_reader, writer))
         finally:
-            self._connections.discard(task)
-            await close_writer(writer)
+            await close_writer(vnc_writer)
