@@ -13,9 +13,16 @@ from virtlab.nodes.spec import DiskBus, NicModel
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
+class Position(BaseModel):
+    x: float
+    y: float
+
+
 class NodeCreate(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, examples=["r1"])
     image: str = Field(min_length=1, max_length=255, description="a catalog image's name")
+    lab: str = Field("default", pattern=NAME_PATTERN, description="the lab it belongs to")
+    position: Position | None = Field(None, description="where it sits on the lab's canvas")
     cpus: int = Field(1, ge=1, le=64)
     ram_mb: int = Field(256, ge=16, le=1 << 20)
     disk_bus: DiskBus = DiskBus.VIRTIO
@@ -42,6 +49,7 @@ class NodeUpdate(BaseModel):
     serial: bool | None = None
     vnc: bool | None = None
     extra_args: list[str] | None = Field(None, max_length=32)
+    position: Position | None = None
 
 
 class Interface(BaseModel):
@@ -69,7 +77,10 @@ class Consoles(BaseModel):
 class Node(BaseModel):
     id: str
     name: str
+    lab: str
     image: str
+    kind: str
+    position: Position | None
     state: str = Field(description="stopped, starting, running, suspended, stopping, crashed")
     detail: str = Field(description="why it crashed or failed to start: QEMU's last log lines")
     cpus: int
@@ -83,10 +94,15 @@ class Node(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, record: NodeRecord, console_host: str) -> Node:
+    def of(cls, record: NodeRecord, console_host: str, lab: str) -> Node:
         base = f"/api/nodes/{record.id}/console"
+        position = (
+            Position(x=record.position_x, y=record.position_y)
+            if record.position_x is not None and record.position_y is not None else None
+        )  # fmt: skip
         return cls(
-            id=record.id, name=record.name, image=record.image, state=record.state,
+            id=record.id, name=record.name, lab=lab, image=record.image, kind=record.kind,
+            position=position, state=record.state,
             detail=record.detail, cpus=record.cpus, ram_mb=record.ram_mb,
             disk_bus=record.disk_bus, nic_model=record.nic_model,
             interfaces=[

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -34,9 +44,11 @@ class ImageRow(Base):
 
 class NodeRow(Base):
     __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("lab_id", "name", name="uq_nodes_lab_name"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    lab_id: Mapped[str] = mapped_column(ForeignKey("labs.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63), index=True)
     image: Mapped[str] = mapped_column(String(255), index=True)  # a catalog image's name
     disk_size_mb: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # cdrom boots
     cpus: Mapped[int] = mapped_column(Integer)
@@ -51,4 +63,35 @@ class NodeRow(Base):
     vnc_port: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
     state: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(Text, default="")  # why it crashed: QEMU's log tail
+    kind: Mapped[str] = mapped_column(String(63), default="")  # from the topology file
+    management: Mapped[str] = mapped_column(Text, default="[]")  # JSON: host port forwards
+    position_x: Mapped[float | None] = mapped_column(Float, nullable=True)  # on the UI canvas
+    position_y: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+DEFAULT_LAB_ID = "0" * 32  # the `default` lab, made by migration 0003
+
+
+class LabRow(Base):
+    __tablename__ = "labs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    topology: Mapped[str] = mapped_column(Text, default="")  # the file it was deployed from
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LinkRow(Base):
+    __tablename__ = "links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    lab_id: Mapped[str] = mapped_column(ForeignKey("labs.id"), index=True)
+    a_node: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    a_iface: Mapped[int] = mapped_column(Integer)
+    b_node: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    b_iface: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(8))  # up | down
+    impairment: Mapped[str] = mapped_column(Text, default="{}")  # JSON: a_to_b, b_to_a
+    capturing: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from virtlab.catalog.models import NodeRow
+from virtlab.catalog.models import DEFAULT_LAB_ID, NodeRow
 
 __all__ = ["NodeRecord", "NodeRepository"]
 
@@ -33,11 +33,17 @@ class NodeRecord:
     telnet_port: int | None = None
     vnc_port: int | None = None
     detail: str = ""
+    lab_id: str = DEFAULT_LAB_ID
+    kind: str = ""
+    management: tuple[dict, ...] = ()  # host port forwards: {proto, host_port, guest_port}
+    position_x: float | None = None
+    position_y: float | None = None
 
     @classmethod
     def from_row(cls, row: NodeRow) -> NodeRecord:
         fields = {f: getattr(row, f) for f in cls.__dataclass_fields__}
         fields["extra_args"] = tuple(json.loads(row.extra_args or "[]"))
+        fields["management"] = tuple(json.loads(row.management or "[]"))
         if fields["created_at"].tzinfo is None:
             fields["created_at"] = fields["created_at"].replace(tzinfo=UTC)
         return cls(**fields)
@@ -45,6 +51,7 @@ class NodeRecord:
     def to_row(self) -> NodeRow:
         fields = asdict(self)
         fields["extra_args"] = json.dumps(list(self.extra_args))
+        fields["management"] = json.dumps(list(self.management))
         return NodeRow(**fields)
 
 
@@ -60,9 +67,16 @@ class NodeRepository:
         row = self.session.get(NodeRow, node_id)
         return NodeRecord.from_row(row) if row else None
 
-    def by_name(self, name: str) -> NodeRecord | None:
-        row = self.session.scalar(select(NodeRow).where(NodeRow.name == name))
-        return NodeRecord.from_row(row) if row else None
+    def by_name(self, name: str, lab_id: str | None = None) -> list[NodeRecord]:
+        """Nodes of that name: in one lab (at most one), or in every lab."""
+        query = select(NodeRow).where(NodeRow.name == name)
+        if lab_id is not None:
+            query = query.where(NodeRow.lab_id == lab_id)
+        return [NodeRecord.from_row(r) for r in self.session.scalars(query)]
+
+    def in_lab(self, lab_id: str) -> list[NodeRecord]:
+        query = select(NodeRow).where(NodeRow.lab_id == lab_id).order_by(NodeRow.name)
+        return [NodeRecord.from_row(r) for r in self.session.scalars(query)]
 
     def list(self) -> list[NodeRecord]:
         rows = self.session.scalars(select(NodeRow).order_by(NodeRow.created_at, NodeRow.name))
@@ -76,7 +90,9 @@ class NodeRepository:
         if row is None:
             raise KeyError(node_id)
         for key, value in fields.items():
-            setattr(row, key, json.dumps(list(value)) if key == "extra_args" else value)  # type: ignore[arg-type]
+            if key in ("extra_args", "management"):
+                value = json.dumps(list(value))  # type: ignore[call-overload]
+            setattr(row, key, value)
         self.session.flush()
         return NodeRecord.from_row(row)
 

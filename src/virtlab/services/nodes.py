@@ -12,12 +12,13 @@ import logging
 import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
+from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
@@ -42,6 +43,7 @@ class NodeSettings:
 
     name: str
     image: str
+    lab: str = "default"
     cpus: int = 1
     ram_mb: int = 256
     disk_bus: DiskBus = DiskBus.VIRTIO
@@ -51,6 +53,9 @@ class NodeSettings:
     serial: bool = True
     vnc: bool = True
     extra_args: tuple[str, ...] = ()
+    kind: str = ""
+    management: tuple[dict, ...] = ()  # host port forwards of a management NIC
+    position: tuple[float, float] | None = None
 
     def checked(self) -> NodeSettings:
         validate_name(self.name)
@@ -75,6 +80,9 @@ class NodeService:
 
     def __post_init__(self) -> None:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Set by the link service: wire a node's links once it runs; unwire them before it goes.
+        self.after_start: Callable[[NodeRecord], Awaitable[None]] | None = None
+        self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.driver.on_exit = self._on_exit
         self.images.users_of = self.users_of
 
@@ -85,13 +93,37 @@ class NodeService:
             return NodeRepository(session).list()
 
     def get(self, ref: str) -> NodeRecord:
-        """A node by id or by name."""
+        """A node by id, by ``lab/name``, or by a name no other lab uses."""
+        lab_name, _, name = ref.rpartition("/")
         with self.catalog.session() as session:
             repo = NodeRepository(session)
-            record = repo.get(ref) or repo.by_name(ref)
-        if record is None:
+            record = repo.get(ref)
+            if record is not None:
+                return record
+            if lab_name:
+                lab = LabRepository(session).by_name(lab_name)
+                found = repo.by_name(name, lab.id) if lab else []
+            else:
+                found = repo.by_name(name)
+        if not found:
             raise NotFound(f"no node {ref!r}; `virtlab node list` shows the nodes")
-        return record
+        if len(found) > 1:
+            raise InvalidRequest(
+                f"{len(found)} labs have a node named {name}; say which: LAB/{name}"
+            )
+        return found[0]
+
+    def lab_name(self, lab_id: str) -> str:
+        with self.catalog.session() as session:
+            lab = LabRepository(session).get(lab_id)
+        return lab.name if lab else "?"
+
+    def lab_id(self, lab: str) -> str:
+        with self.catalog.session() as session:
+            record = LabRepository(session).by_name(lab) or LabRepository(session).get(lab)
+        if record is None:
+            raise NotFound(f"no lab named {lab!r}; `virtlab lab list` shows the labs")
+        return record.id
 
     def users_of(self, image: str) -> list[str]:
         with self.catalog.session() as session:
@@ -130,6 +162,7 @@ class NodeService:
                 f"{image.name} is stored as {image.format}, not qcow2; run "
                 "`virtlab image verify --fix` to convert it first"
             )
+        lab_id = self.lab_id(settings.lab)
         node_id = uuid.uuid4().hex
         ports = self.consoles.allocate(self._ports_in_use(), settings.serial, settings.vnc)
         record = NodeRecord(
@@ -139,8 +172,11 @@ class NodeService:
             state=NodeState.STOPPED.value, created_at=datetime.now(UTC),
             disk_size_mb=settings.disk_size_mb if base is None else None,
             extra_args=settings.extra_args, telnet_port=ports.telnet, vnc_port=ports.vnc,
+            lab_id=lab_id, kind=settings.kind, management=settings.management,
+            position_x=settings.position[0] if settings.position else None,
+            position_y=settings.position[1] if settings.position else None,
         )  # fmt: skip
-        self._check_name_free(settings.name)
+        self._check_name_free(settings.name, lab_id)
         try:
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
             with self.catalog.session() as session:
@@ -154,14 +190,21 @@ class NodeService:
         with self.catalog.session() as session:
             return NodeRepository(session).ports_in_use()
 
-    def _check_name_free(self, name: str, but: str | None = None) -> None:
+    def _check_name_free(self, name: str, lab_id: str, but: str | None = None) -> None:
         with self.catalog.session() as session:
-            other = NodeRepository(session).by_name(name)
-        if other is not None and other.id != but:
-            raise Conflict(f"a node named {name} already exists; choose another name")
+            others = [r for r in NodeRepository(session).by_name(name, lab_id) if r.id != but]
+        if others:
+            raise Conflict(f"this lab already has a node named {name}; choose another name")
 
     async def edit(self, ref: str, **changes: object) -> NodeRecord:
         record = self.get(ref)
+        position = changes.pop("position", None)
+        if position is not None:  # moving a node on the canvas is fine in any state
+            x, y = position  # type: ignore[misc]
+            with self.catalog.session() as session:
+                record = NodeRepository(session).update(record.id, position_x=x, position_y=y)
+        if not changes:
+            return record
         async with self._locks[record.id]:
             record = self.get(record.id)
             guard(record.name, NodeState(record.state), Action.EDIT)
@@ -174,7 +217,7 @@ class NodeService:
             if "image" in changes and changes["image"] != record.image:
                 raise InvalidRequest("a node's image cannot change; create another node")
             wanted = replace(current, **changes).checked()  # type: ignore[arg-type]
-            self._check_name_free(wanted.name, but=record.id)
+            self._check_name_free(wanted.name, record.lab_id, but=record.id)
             fields = {
                 k: getattr(wanted, k).value if hasattr(getattr(wanted, k), "value")
                 else getattr(wanted, k)
@@ -211,7 +254,10 @@ class NodeService:
                 self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
                 raise
             await self.consoles.open(record, spec)
-            return self._set(record.id, NodeState.RUNNING)
+            running = self._set(record.id, NodeState.RUNNING)
+            if self.after_start is not None:
+                await self.after_start(running)
+            return running
 
     async def stop(self, ref: str, timeout: float | None = None) -> NodeRecord:
         record = self.get(ref)
@@ -262,6 +308,8 @@ class NodeService:
         record = self.get(ref)
         async with self._locks[record.id]:
             record = await self._transition(record.id, Action.DELETE)
+            if self.before_delete is not None:
+                await self.before_delete(record)
             await self.consoles.close(record.id)
             with self.catalog.session() as session:
                 NodeRepository(session).remove(record.id)

@@ -23,7 +23,7 @@ NodeRef = Annotated[str, Path(min_length=1, max_length=64, description="the node
 
 
 def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]
-    return Node.of(record, runtime.settings.console_host)
+    return Node.of(record, runtime.settings.console_host, runtime.nodes.lab_name(record.lab_id))
 
 
 @router.post(
@@ -35,7 +35,11 @@ def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]
 async def create_node(body: NodeCreate, nodes: NodeServiceDep, runtime: RuntimeDep) -> Node:
     """Make the node's disk (a qcow2 overlay over the image, in constant time) and record it.
     The node is `stopped`; start it with `POST /api/nodes/{id}/start`."""
-    settings = NodeSettings(**{**body.model_dump(), "extra_args": tuple(body.extra_args)})
+    fields = body.model_dump(exclude={"position"})
+    settings = NodeSettings(
+        **fields | {"extra_args": tuple(body.extra_args)},
+        position=(body.position.x, body.position.y) if body.position else None,
+    )
     return _out(runtime, await nodes.create(settings))
 
 
@@ -61,6 +65,8 @@ async def edit_node(
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
     if "extra_args" in changes:
         changes["extra_args"] = tuple(changes["extra_args"])
+    if body.position is not None:
+        changes["position"] = (body.position.x, body.position.y)
     return _out(runtime, await nodes.edit(ref, **changes))
 
 
