@@ -22,6 +22,7 @@ from virtlab.nodes.qemu.probe import AccelVerdict, probe_accelerator
 from virtlab.nodes.spec import Accel
 from virtlab.services.boot_test import BootTester
 from virtlab.services.consoles import ConsoleManager
+from virtlab.services.events import EventBus
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
 from virtlab.services.nodes import NodeService
@@ -39,6 +40,7 @@ class Runtime:
     images: ImageService
     nodes: NodeService
     consoles: ConsoleManager
+    events: EventBus
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
 
@@ -65,11 +67,12 @@ class Runtime:
             limits=ImportLimits(settings.max_expanded_bytes, settings.max_virtual_size),
             fault_point=settings.fault_point,
         )
+        events = EventBus()
         images = ImageService(
             catalog=catalog,
             store=store,
             importer=importer,
-            jobs=ImportJobs(),
+            jobs=ImportJobs(on_change=lambda job: events.publish("import", **_job_event(job))),
             scanner=BaseScanner(catalog=catalog, store=store, importer=importer),
             max_upload_bytes=settings.max_upload_bytes,
         )
@@ -78,12 +81,13 @@ class Runtime:
             vnc_ports=PortRange.parse(settings.vnc_ports), vnc_tcp=settings.vnc_tcp,
         )  # fmt: skip
         runtime = cls(
-            settings=settings, catalog=catalog, images=images, nodes=None, consoles=consoles
-        )  # type: ignore[arg-type]
+            settings=settings, catalog=catalog, images=images, nodes=None,  # type: ignore[arg-type]
+            consoles=consoles, events=events,
+        )  # fmt: skip
         runtime.nodes = NodeService(
             catalog=catalog, images=images, driver=QemuDriver(qemu_img=qemu_img),
             consoles=consoles, nodes_dir=settings.nodes_dir, accel=runtime.accel,
-            stop_timeout=settings.stop_timeout,
+            stop_timeout=settings.stop_timeout, events=events,
         )  # fmt: skip
         runtime.boot_tests = BootTester(
             images=images, driver=QemuDriver(qemu_img=qemu_img), work_dir=settings.nodes_dir,
@@ -101,6 +105,7 @@ class Runtime:
     async def start(self) -> None:
         """Prepare the data directory and catalog; sweep what a crash left; scan base images;
         find the accelerator; re-adopt the nodes that outlived the last server."""
+        self.events.bind(asyncio.get_running_loop())
         await asyncio.to_thread(self._start_catalog)
         verdict = await asyncio.to_thread(self.accel)
         log.info("accelerator: %s (%s)", verdict.value, self.accel_verdict.reason)  # type: ignore[union-attr]
@@ -124,3 +129,11 @@ class Runtime:
     async def stop(self) -> None:
         await self.nodes.shutdown(stop_nodes=self.settings.stop_nodes_on_exit)
         self.catalog.dispose()
+
+
+def _job_event(job) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "id": job.id, "source_name": job.source_name, "state": job.state.value,
+        "stage": job.stage.value, "percent": round(job.percent, 1), "error": job.error,
+        "images": list(job.images),
+    }  # fmt: skip

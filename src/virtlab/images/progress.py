@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["ImportJob", "ImportJobs", "JobState", "Stage"]
@@ -45,32 +46,48 @@ class ImportJob:
     images: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    on_change: Callable[[ImportJob], None] | None = field(default=None, repr=False)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     def enter(self, stage: Stage, percent: float = 0.0) -> None:
         self.stage, self.percent = stage, percent
+        self._changed()
 
     def advance(self, percent: float) -> None:
+        before = int(self.percent)
         self.percent = max(0.0, min(100.0, percent))
+        if int(self.percent) != before:  # whole percents only: a few events per stage
+            self._changed()
 
     def succeed(self, images: list[str]) -> None:
         self.images = images
         self.stage, self.percent, self.state = Stage.DONE, 100.0, JobState.SUCCEEDED
         self.finished_at = time.time()
+        self._changed()
 
     def fail(self, message: str) -> None:
         self.error, self.state, self.finished_at = message, JobState.FAILED, time.time()
+        self._changed()
 
 
 class ImportJobs:
     """The running imports and the last ``keep`` finished ones, by id."""
 
-    def __init__(self, keep: int = 100) -> None:
+    def __init__(
+        self, keep: int = 100, on_change: Callable[[ImportJob], None] | None = None
+    ) -> None:
         self._jobs: OrderedDict[str, ImportJob] = OrderedDict()
         self._lock = threading.Lock()
         self._keep = keep
+        self.on_change = on_change
 
     def start(self, source_name: str, job_id: str | None = None) -> ImportJob:
-        job = ImportJob(id=job_id or uuid.uuid4().hex, source_name=source_name)
+        job = ImportJob(
+            id=job_id or uuid.uuid4().hex, source_name=source_name, on_change=self.on_change
+        )
         with self._lock:
             if job.id in self._jobs:
                 raise KeyError(job.id)

@@ -28,6 +28,7 @@ from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import Accel, DiskBus, NicModel, NicSpec, NodeSpec, RunPaths
 from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.consoles import ConsoleManager
+from virtlab.services.events import EventBus
 from virtlab.services.images import ImageService
 
 __all__ = ["NodeService", "NodeSettings"]
@@ -77,6 +78,7 @@ class NodeService:
     nodes_dir: Path
     accel: Callable[[], Accel]
     stop_timeout: float = 30.0
+    events: EventBus | None = None
 
     def __post_init__(self) -> None:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -184,6 +186,7 @@ class NodeService:
         except BaseException:
             shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
             raise
+        self.publish(record)
         return record
 
     def _ports_in_use(self) -> set[int]:
@@ -233,7 +236,16 @@ class NodeService:
         if detail is not None:
             fields["detail"] = detail
         with self.catalog.session() as session:
-            return NodeRepository(session).update(node_id, **fields)
+            record = NodeRepository(session).update(node_id, **fields)
+        self.publish(record)
+        return record
+
+    def publish(self, record: NodeRecord, *, deleted: bool = False) -> None:
+        if self.events is not None:
+            self.events.publish(
+                "node", id=record.id, name=record.name, lab=self.lab_name(record.lab_id),
+                state="deleted" if deleted else record.state, detail=record.detail,
+            )  # fmt: skip
 
     async def _transition(self, ref: str, action: Action) -> NodeRecord:
         record = self.get(ref)
@@ -315,6 +327,7 @@ class NodeService:
                 NodeRepository(session).remove(record.id)
             shutil.rmtree(self.nodes_dir / record.id, ignore_errors=True)
         self._locks.pop(record.id, None)
+        self.publish(record, deleted=True)
         return record
 
     async def screenshot(self, ref: str) -> bytes:
