@@ -132,3 +132,15 @@ def test_verify_finds_hostile_missing_and_changed_files(
     names = [i["name"] for i in json.loads(cli(srv, "image", "list", "--json").stdout)]
     assert names == ["keep.qcow2"]
     assert cli(srv, "image", "verify").returncode == 0
+
+
+def test_serve_refuses_a_data_dir_too_deep_for_unix_sockets(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    done = subprocess.run(
+        [VIRTLAB, "serve", "--data-dir", str(deep), "--port", "9"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "too deep for the unix sockets of nodes" in done.stderr
+    assert "choose a shorter --data-dir" in done.stderr
+    assert not deep.exists(), "nothing was made"

@@ -112,6 +112,7 @@ class Runtime:
         await self.nodes.adopt_all()
 
     def _start_catalog(self) -> None:
+        self.settings.check_socket_paths()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()

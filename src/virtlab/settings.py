@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["GiB", "MiB", "Settings", "TiB", "default_data_dir"]
 
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last a NUL
 MiB = 1 << 20
 GiB = 1 << 30
 TiB = 1 << 40
@@ -66,6 +67,15 @@ class Settings(BaseSettings):
     @property
     def custom_images_dir(self) -> Path:
         return self.images_dir / "custom"
+
+    def check_socket_paths(self) -> None:
+        """Refuse a data directory so deep that node sockets would pass the 108-byte limit."""
+        longest = len(str(self.nodes_dir.absolute())) + len("/0123456789ab/serial.scrollback")
+        if longest > _SUN_PATH_MAX:
+            raise ValueError(
+                f"the data directory {self.data_dir} is too deep for the unix sockets of nodes "
+                f"({longest} bytes; at most {_SUN_PATH_MAX}); choose a shorter --data-dir"
+            )
 
     @property
     def nodes_dir(self) -> Path:

@@ -24,6 +24,13 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    stop_nodes_on_exit: Annotated[
+        bool | None,
+        typer.Option(
+            "--stop-nodes-on-exit/--keep-nodes-on-exit",
+            help="Stop running nodes when the server stops [default: keep them running].",
+        ),
+    ] = None,
 ) -> None:
     """Run the virtlab server (REST API at /api, its documentation at /docs)."""
     import uvicorn
@@ -36,7 +43,14 @@ def serve(
         overrides["data_dir"] = data_dir
     if database_url is not None:
         overrides["database_url"] = database_url
+    if stop_nodes_on_exit is not None:
+        overrides["stop_nodes_on_exit"] = stop_nodes_on_exit
     settings = Settings(**overrides)
+    try:
+        settings.check_socket_paths()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     typer.echo(f"virtlab: data in {settings.data_dir}, serving http://{host}:{port}", err=True)

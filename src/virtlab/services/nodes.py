@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import shutil
 import uuid
 from collections import defaultdict
@@ -34,6 +35,16 @@ from virtlab.services.images import ImageService
 __all__ = ["NodeService", "NodeSettings"]
 
 log = logging.getLogger("virtlab.nodes")
+
+# Node ids name the node's directory, which holds unix sockets: short ids keep socket paths
+# under the kernel's 108-byte limit (see Settings.check_socket_paths).
+NODE_ID_BYTES = 6
+_UUID_NAMESPACE = uuid.UUID("6f1f6a2e-7c1a-4d0e-9a5e-0b7a1a5e1ab0")
+
+
+def new_node_id() -> str:
+    return secrets.token_hex(NODE_ID_BYTES)
+
 
 _ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
 
@@ -143,7 +154,8 @@ class NodeService:
             id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
             accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,
             disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
-            vnc=record.vnc, uuid=str(uuid.UUID(record.id)), extra_args=record.extra_args,
+            vnc=record.vnc, uuid=str(uuid.uuid5(_UUID_NAMESPACE, record.id)),
+            extra_args=record.extra_args,
         )  # fmt: skip
 
     # -- creating and editing -----------------------------------------------------------------
@@ -165,7 +177,7 @@ class NodeService:
                 "`virtlab image verify --fix` to convert it first"
             )
         lab_id = self.lab_id(settings.lab)
-        node_id = uuid.uuid4().hex
+        node_id = new_node_id()
         ports = self.consoles.allocate(self._ports_in_use(), settings.serial, settings.vnc)
         record = NodeRecord(
             id=node_id, name=settings.name, image=image.name, cpus=settings.cpus,
