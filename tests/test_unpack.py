@@ -201,3 +201,12 @@ def test_an_ova_larger_than_the_cap_is_refused(tmp_path: Path) -> None:
     ova = make_ova(tmp_path / "a.ova", {"d.vmdk": b"\0" * (3 * MiB)})
     with pytest.raises(TooLarge):
         unwrap(ova, label="a.ova", workdir=tmp_path, max_expanded=2 * MiB)
+
+
+def test_damaged_deflate_data_behind_a_valid_gzip_header_is_refused(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(PATTERN))
+    data[40:60] = b"\xff" * 20  # inside the deflate stream, past the header
+    src = tmp_path / "bad.gz"
+    src.write_bytes(bytes(data))
+    with pytest.raises(CorruptImage, match=r"bad\.gz is gzip-compressed but .* damaged"):
+        unwrap(src, label="bad.gz", workdir=tmp_path, max_expanded=64 * MiB)

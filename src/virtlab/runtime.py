@@ -25,6 +25,7 @@ from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
+from virtlab.services.links import LinkService
 from virtlab.services.nodes import NodeService
 from virtlab.settings import Settings
 
@@ -41,6 +42,7 @@ class Runtime:
     nodes: NodeService
     consoles: ConsoleManager
     events: EventBus
+    links: LinkService = None  # type: ignore[assignment]
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
 
@@ -93,6 +95,10 @@ class Runtime:
             images=images, driver=QemuDriver(qemu_img=qemu_img), work_dir=settings.nodes_dir,
             accel=runtime.accel,
         )  # fmt: skip
+        runtime.links = LinkService(
+            catalog=catalog, nodes=runtime.nodes, links_dir=settings.data_dir / "links",
+            captures_dir=settings.data_dir / "captures", events=events,
+        )  # fmt: skip
         images.users_of = runtime._image_users
         return runtime
 
@@ -110,6 +116,7 @@ class Runtime:
         verdict = await asyncio.to_thread(self.accel)
         log.info("accelerator: %s (%s)", verdict.value, self.accel_verdict.reason)  # type: ignore[union-attr]
         await self.nodes.adopt_all()
+        await self.links.restore()
 
     def _start_catalog(self) -> None:
         self.settings.check_socket_paths()
@@ -128,6 +135,7 @@ class Runtime:
             log.warning("image %s: its file is missing (virtlab image verify --fix)", name)
 
     async def stop(self) -> None:
+        await self.links.close()
         await self.nodes.shutdown(stop_nodes=self.settings.stop_nodes_on_exit)
         self.catalog.dispose()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ class _Prepared:
     inspection: Inspection
     converted: bool
     virtual_size: int
+    digest: Future[str] | None = None  # sha256 of ``file``, computed while it was verified
 
 
 class Importer:
@@ -116,9 +118,12 @@ class Importer:
             ) from exc
         self._fault("after_convert")
         job.enter(Stage.VERIFY)
-        virtual_size = self.verify_conversion(payload.path, inspection, out, payload.label)
-        payload.path.unlink()
-        return _Prepared(out, payload, inspection, True, virtual_size)
+        # Hash and flush the result on another core while qemu-img checks and compares it.
+        with ThreadPoolExecutor(1, "virtlab-digest") as pool:
+            digest = pool.submit(_digest_and_sync, out)
+            virtual_size = self.verify_conversion(payload.path, inspection, out, payload.label)
+            digest.result()  # its errors (a full disk on fsync) surface here
+        return _Prepared(out, payload, inspection, True, virtual_size, digest)
 
     def examine(self, path: Path, label: str, inspection: Inspection) -> bool:
         """The second opinion: qemu-img must agree with the inspector, and find no damage.
@@ -221,11 +226,12 @@ class Importer:
     ) -> ImageRecord:
         fmt = item.inspection.format
         # An unwrapped, unconverted file is byte for byte the upload: its hash is already known.
-        digest = (
-            received.sha256
-            if not item.converted and not item.payload.wrappers
-            else sha256_file(item.file)
-        )
+        if item.digest is not None:
+            digest = item.digest.result()
+        elif not item.converted and not item.payload.wrappers:
+            digest = received.sha256
+        else:
+            digest = sha256_file(item.file)
         return ImageRecord(
             name=name,
             kind=fmt.kind.value,
@@ -247,6 +253,16 @@ class Importer:
         """Die here as a power cut would, when the crash-safety tests ask for it."""
         if self.fault_point == point:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _digest_and_sync(path: Path) -> str:
+    digest = sha256_file(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:

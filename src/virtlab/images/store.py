@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -73,6 +74,9 @@ class ImageStore:
         self.images_dir = images_dir
         self.custom_dir = images_dir / "custom"
         self.staging_dir = staging_dir
+        # Finished staging directories are renamed here (instant), then deleted in the
+        # background: deleting a multi-GiB upload takes long on some file systems.
+        self.trash_dir = staging_dir.parent / ".trash"
 
     def ensure_layout(self) -> None:
         for path in (self.images_dir, self.custom_dir, self.staging_dir):
@@ -84,7 +88,23 @@ class ImageStore:
         return Staging(path)
 
     def discard(self, staging: Staging) -> None:
-        shutil.rmtree(staging.path, ignore_errors=True)
+        """Take ``staging`` away at once; its files are deleted in the background."""
+        if not staging.path.exists():
+            return
+        self.trash_dir.mkdir(exist_ok=True)
+        trashed = self.trash_dir / staging.path.name
+        try:
+            os.rename(staging.path, trashed)
+        except OSError:
+            shutil.rmtree(staging.path, ignore_errors=True)
+            return
+        threading.Thread(
+            target=shutil.rmtree, args=(trashed,), kwargs={"ignore_errors": True},
+            name="virtlab-discard", daemon=True,
+        ).start()  # fmt: skip
+
+    def empty_trash(self) -> None:
+        shutil.rmtree(self.trash_dir, ignore_errors=True)
 
     def custom_name(self, stem: str, suffix: str) -> str:
         """``<stem>_<unix-ms><suffix>``, unique among the files in ``custom/``."""
@@ -143,6 +163,7 @@ class ImageStore:
     def sweep(self, has_row_for: Callable[[str], bool]) -> list[str]:
         """Remove stale staging directories, undoing half-published moves. Returns what went."""
         removed = []
+        self.empty_trash()
         if not self.staging_dir.exists():
             return removed
         for entry in sorted(self.staging_dir.iterdir()):

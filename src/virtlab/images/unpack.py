@@ -13,6 +13,7 @@ import gzip
 import lzma
 import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def _decompress(
                 fout.write(block)
                 if on_progress is not None:
                     on_progress(fin.tell())
-    except (OSError, EOFError, ValueError, lzma.LZMAError, zstandard.ZstdError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a real I/O error (disk full...), not bad input
         raise CorruptImage(

@@ -1,8 +1,9 @@
 """What a relay does to the frames of one direction: delay, jitter, loss, corruption, rate.
 
-:class:`Impairment` is a frozen, validated value (``Impairment()`` is a plain cable). The
-pieces that act on frames are small and take their randomness from a :class:`random.Random`
-the relay owns (seeded in tests, so a "30 % loss" run is the same run every time):
+:class:`Impairment` is a frozen, validated value (``Impairment()`` is a plain cable).
+:class:`Lane` applies one to the frames of one direction, with no I/O and no clock of its own
+(the relay passes ``now``), so every decision can be tested alone. Its randomness comes from
+its own :class:`random.Random` (seeded in tests: a "30 % loss" run is the same run every time):
 
 - :func:`release_delay`: netem's model, a constant delay plus uniform jitter in
   ``[-jitter, +jitter]``, never below zero. The relay keeps frames in order (a frame is never
@@ -13,12 +14,17 @@ the relay owns (seeded in tests, so a "30 % loss" run is the same run every time
 - :class:`TokenBucket`: the rate limit, counted on Ethernet frame bytes (no preamble, no
   inter-frame gap), with a burst of :data:`BURST_SECONDS` of traffic; a frame may overdraw the
   bucket, and the next waits until the debt is paid.
+- the queue: frames wait in a FIFO of at most ``queue_limit`` frames (netem's default limit,
+  1000), tail-dropped when full, only while the direction shapes time (delay, jitter, rate) or
+  still holds frames from when it did. Frames already queued keep their release times when the
+  impairment changes.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, fields
 
 from virtlab.errors import InvalidRequest
@@ -26,7 +32,10 @@ from virtlab.errors import InvalidRequest
 __all__ = [
     "BURST_SECONDS",
     "ETHERNET_HEADER",
+    "QUEUE_LIMIT",
+    "DirectionCounters",
     "Impairment",
+    "Lane",
     "TokenBucket",
     "corrupt",
     "release_delay",
@@ -36,6 +45,7 @@ ETHERNET_HEADER = 14  # destination MAC, source MAC, ethertype
 BURST_SECONDS = 0.005  # the token bucket holds this much traffic at the configured rate
 MAX_DELAY_MS = 60_000.0
 MAX_RATE_KBPS = 100_000_000  # 100 Gbit/s: "unlimited" is 0
+QUEUE_LIMIT = 1000  # frames per direction, netem's default limit
 
 
 @dataclass(frozen=True)
@@ -138,3 +148,78 @@ class TokenBucket:
         if self.rate:
             self._refill(now)
             self.tokens -= size
+
+
+@dataclass
+class DirectionCounters:
+    """What happened to the frames of one direction since the relay started."""
+
+    frames: int = 0  # received from the sender
+    bytes: int = 0
+    forwarded: int = 0  # handed to the receiver's socket
+    dropped_by_loss: int = 0
+    dropped_queue: int = 0  # the queue was full
+    dropped_send: int = 0  # the receiver was not there
+    corrupted: int = 0
+
+
+class Lane:
+    """One direction's impairment pipeline: loss, corruption, then the timed queue."""
+
+    def __init__(self, rng: random.Random, queue_limit: int = QUEUE_LIMIT) -> None:
+        if isinstance(queue_limit, bool) or not isinstance(queue_limit, int) or queue_limit < 1:
+            raise InvalidRequest(f"a relay queue holds at least one frame, not {queue_limit!r}")
+        self.rng = rng
+        self.queue_limit = queue_limit
+        self.impairment = Impairment()
+        self.bucket = TokenBucket(0, 0.0)
+        self.queue: deque[tuple[float, bytes]] = deque()
+        self.last_release = 0.0
+        self.counters = DirectionCounters()
+
+    def set(self, impairment: Impairment, now: float) -> None:
+        if not isinstance(impairment, Impairment):
+            raise InvalidRequest(f"an impairment is an Impairment, not {impairment!r}")
+        self.impairment = impairment
+        self.bucket.set_rate(impairment.rate_kbps, now)
+
+    def admit(self, frame: bytes, now: float) -> bytes | None:
+        """Count, lose, corrupt and maybe queue ``frame``; return it if it goes out at once."""
+        counters, imp, rng = self.counters, self.impairment, self.rng
+        counters.frames += 1
+        counters.bytes += len(frame)
+        if imp.loss_pct and rng.random() * 100.0 < imp.loss_pct:
+            counters.dropped_by_loss += 1
+            return None
+        if imp.corrupt_pct and rng.random() * 100.0 < imp.corrupt_pct:
+            changed = corrupt(frame, rng)
+            if changed is not None:
+                frame = changed
+                counters.corrupted += 1
+        if not imp.shapes_time and not self.queue:
+            return frame
+        if len(self.queue) >= self.queue_limit:
+            counters.dropped_queue += 1
+            return None
+        self.last_release = max(now + release_delay(imp, rng), self.last_release)
+        self.queue.append((self.last_release, frame))
+        return None
+
+    def head(self, now: float) -> tuple[float, bytes | None]:
+        """``(0, frame)`` if the queue's head may go now, else ``(seconds to wait, None)``.
+
+        ``(inf, None)``: the queue is empty. A frame returned is charged to the rate limit and
+        stays queued until :meth:`sent` (so nothing overtakes it meanwhile).
+        """
+        if not self.queue:
+            return math.inf, None
+        release, frame = self.queue[0]
+        wait = max(release - now, self.bucket.wait(now))
+        if wait > 0:
+            return wait, None
+        self.bucket.take(len(frame), now)
+        return 0.0, frame
+
+    def sent(self) -> None:
+        """The head returned by :meth:`head` has left (or was dropped while sending)."""
+        self.queue.popleft()

@@ -61,7 +61,7 @@ class PcapFile:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self._file = open(fd, "ab", buffering=0)  # noqa: SIM115: closed by close()
+        self._file = open(fd, "ab", buffering=0)  # noqa: SIM115 (closed by close())
         try:
             if os.fstat(fd).st_size == 0:
                 self._file.write(global_header())

@@ -67,6 +67,10 @@ class NodeDriver(abc.ABC):
         """The display as a PNG."""
 
     @abc.abstractmethod
+    async def set_link(self, node_id: str, index: int, up: bool) -> None:
+        """Carrier of NIC ``eth<index>`` up or down, as the guest sees it."""
+
+    @abc.abstractmethod
     async def adopt(self, spec: NodeSpec) -> NodeState | None:
         """After a server restart: the state of the node's machine if it still runs, else None."""
 
@@ -104,6 +108,7 @@ class FakeDriver(NodeDriver):
         super().__init__()
         self.machines: dict[str, _FakeMachine] = machines if machines is not None else {}
         self.disks: dict[str, tuple[Path | None, int | None]] = {}
+        self.links: dict[tuple[str, int], bool] = {}  # (node, NIC) -> carrier up
 
     def _get(self, node_id: str) -> _FakeMachine:
         machine = self.machines.get(node_id)
@@ -152,6 +157,10 @@ class FakeDriver(NodeDriver):
     async def screenshot(self, node_id: str) -> bytes:
         self._get(node_id)
         return PNG_1x1
+
+    async def set_link(self, node_id: str, index: int, up: bool) -> None:
+        self._get(node_id)
+        self.links[(node_id, index)] = up
 
     async def adopt(self, spec: NodeSpec) -> NodeState | None:
         machine = self.machines.get(spec.id)

@@ -66,7 +66,9 @@ class Problems:
         return None
 
     def add(self, loc: Loc, message: str, *, line: int | None = None) -> None:
-        self._items.append((tuple(loc), message, line if line is not None else self.line_of(loc)))
+        item = (tuple(loc), message, line if line is not None else self.line_of(loc))
+        if item not in self._items:  # a kind's problem, met again through its next node
+            self._items.append(item)
 
     def fatal(self, loc: Loc, message: str) -> NoReturn:
         self.add(loc, message)
@@ -86,12 +88,12 @@ class Problems:
         if self._items:
             raise self.error()
 
-    def add_validation_error(self, exc: ValidationError, prefix: Loc = ()) -> list[Loc]:
-        """Add pydantic's errors, reworded; return their locations."""
-        locs = []
+    def add_validation_error(self, exc: ValidationError, prefix: Loc = ()) -> list[tuple[Loc, str]]:
+        """Add pydantic's errors, reworded; return their locations and types."""
+        found = []
         for err in exc.errors():
             loc = (*prefix, *err["loc"])
-            locs.append(loc)
+            found.append((loc, err["type"]))
             if loc and loc[-1] == "[key]":
                 where, key = loc[:-2], loc[-2]
                 self.add(where, _key_message(where, key, err), line=self.line_of(loc[:-1]))
@@ -99,7 +101,7 @@ class Problems:
                 self.add(loc[:-1], _extra_message(loc), line=self.line_of(loc))
             else:
                 self.add(loc, _message(loc, err))
-        return locs
+        return found
 
 
 # --- pydantic's errors, reworded ---------------------------------------------------------------
@@ -134,10 +136,10 @@ def _described(value: Any) -> str:
 def _message(loc: Loc, err: Any) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     field = next((p for p in reversed(loc) if isinstance(p, str)), "")
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        if field in BOUNDS:
-            low, high = BOUNDS[field]
-            return f"must be between {low} and {high}, not {value!r}"
+    bound = kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
+    if bound and field in BOUNDS:
+        low, high = BOUNDS[field]
+        return f"must be between {low} and {high}, not {value!r}"
     if kind == "missing":
         return "required"
     if kind in ("too_short", "too_long"):

@@ -96,7 +96,7 @@ def _walk(
             key = _scalar_key(key_node)
             line = key_node.start_mark.line + 1
             if key in seen:
-                problems.add(loc, _duplicate(loc, key, line, seen[key]), line=line)
+                problems.add(loc, _duplicate(loc, key, seen[key]), line=line)
                 continue
             seen[key] = line
             lines.setdefault((*loc, key), line)
@@ -107,9 +107,9 @@ def _walk(
             _walk(item, (*loc, index), lines, problems, count)
 
 
-def _duplicate(loc: Loc, key: Any, line: int, first: int) -> str:
+def _duplicate(loc: Loc, key: Any, first: int) -> str:
     what = {
         ("topology", "nodes"): "node name",
         ("topology", "kinds"): "kind",
     }.get(tuple(loc), "key")
-    return f"duplicate {what} {key!r} on line {line} (first on line {first})"
+    return f"duplicate {what} {key!r} (first on line {first})"

@@ -64,7 +64,7 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "jitter_ms": (0, 60_000),
     "loss_pct": (0, 100),
     "corrupt_pct": (0, 100),
-    "rate_kbps": (1, 100_000_000),
+    "rate_kbps": (0, 100_000_000),
 }
 MAX_NODES = 512
 MAX_LINKS = 8192
@@ -185,11 +185,13 @@ class TopologyDefaults(NodeDefaults):
 class DirectionImpairmentConfig(_Strict):
     """Impairment of the frames going one way."""
 
-    delay_ms: int | None = _bounded("delay_ms", int, "added delay, in milliseconds")
-    jitter_ms: int | None = _bounded("jitter_ms", int, "random variation of the delay, in ms")
+    delay_ms: float | None = _bounded("delay_ms", float, "added delay, in milliseconds")
+    jitter_ms: float | None = _bounded(
+        "jitter_ms", float, "random variation of the delay (±), in milliseconds"
+    )
     loss_pct: float | None = _bounded("loss_pct", float, "frames dropped, in percent")
     corrupt_pct: float | None = _bounded("corrupt_pct", float, "frames corrupted, in percent")
-    rate_kbps: int | None = _bounded("rate_kbps", int, "rate limit in kbit/s (none: unlimited)")
+    rate_kbps: int | None = _bounded("rate_kbps", int, "rate limit in kbit/s; 0: unlimited")
 
 
 class ImpairmentConfig(DirectionImpairmentConfig):
@@ -223,7 +225,7 @@ class TopologyConfig(_Strict):
     defaults: TopologyDefaults | None = Field(
         default_factory=TopologyDefaults, description="settings of every node"
     )
-    kinds: dict[Name, KindConfig] | None = Field(
+    kinds: dict[Name, KindConfig] = Field(
         default_factory=dict,
         description="settings per kind, by kind name: a new kind (a plain node with these "
         "settings) or a builtin kind's settings (linux, nat)",

@@ -13,7 +13,7 @@ from pathlib import Path
 from virtlab.errors import Conflict
 from virtlab.images.qemu_img import QemuImg
 from virtlab.nodes.driver import NodeDriver
-from virtlab.nodes.qemu.argv import build_argv
+from virtlab.nodes.qemu.argv import build_argv, nic_device_id
 from virtlab.nodes.qemu.monitor import Monitor, MonitorError
 from virtlab.nodes.qemu.process import LaunchFailure, QemuProcess, log_tail
 from virtlab.nodes.spec import NodeSpec
@@ -183,6 +183,9 @@ class QemuDriver(NodeDriver):
             return target.read_bytes()
         finally:
             target.unlink(missing_ok=True)
+
+    async def set_link(self, node_id: str, index: int, up: bool) -> None:
+        await self._get(node_id).monitor.set_link(nic_device_id(index), up)
 
     async def adopt(self, spec: NodeSpec) -> NodeState | None:
         process = QemuProcess.adopt(spec.paths.pidfile, spec.paths.root, spec.paths.log)

@@ -1,0 +1,100 @@
+"""``python -m bench``: every benchmark, with the machine it ran on. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from bench.common import CLIENTS, DEFAULT_CLIENT, GiB, MiB, server_env
+from bench.import_vmdk import bench_import
+from bench.upload import bench_upload
+
+# (virtual size, data in it) of the VMDK, and the upload's size: full, then --quick.
+SIZES = {
+    False: {"vmdk": (2 * GiB, 1 * GiB), "upload": 4 * GiB},
+    True: {"vmdk": (64 * MiB, 32 * MiB), "upload": 128 * MiB},
+}
+
+
+def machine(workdir: Path) -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True, check=False)
+    disk = shutil.disk_usage(workdir)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return "\n".join(
+        [
+            f"date      : {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+            f"cpu       : {os.cpu_count()} x {cpu}",
+            f"memory    : {psutil.virtual_memory().total / GiB:.1f} GiB",
+            f"disk      : {workdir} ({disk.free / GiB:.0f} GiB free of {disk.total / GiB:.0f})",
+            f"qemu-img  : {qemu.stdout.splitlines()[0] if qemu.stdout else 'not found'}",
+            f"python    : {platform.python_version()} ({sys.executable})",
+            f"load avg  : {load}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--runs", type=int, default=None, help="runs per side [3; 1 if --quick]")
+    parser.add_argument("--only", choices=("import", "upload"), help="run just one benchmark")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default=DEFAULT_CLIENT)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the files and the server's data directory go [a new directory in $TMPDIR]",
+    )
+    parser.add_argument(
+        "--server-src",
+        type=Path,
+        help="run the server from this src/ directory instead (to measure a change: A/B)",
+    )
+    args = parser.parse_args(argv)
+    env = server_env(args.server_src)
+    runs = args.runs or (1 if args.quick else 3)
+    sizes = SIZES[args.quick]
+    with tempfile.TemporaryDirectory(prefix="virtlab-bench-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        print(machine(work), flush=True)
+        if args.server_src:
+            print(f"server    : from {args.server_src}", flush=True)
+        if args.only in (None, "import"):
+            virtual, data = sizes["vmdk"]
+            result = bench_import(
+                work / "import",
+                virtual_size=virtual,
+                data_size=data,
+                runs=runs,
+                client=args.client,
+                server_env=env,
+            )
+            print("\n" + result.report(), flush=True)
+        if args.only in (None, "upload"):
+            upload = bench_upload(
+                work / "upload", size=sizes["upload"], runs=runs, client=args.client, server_env=env
+            )
+            print("\n" + upload.report(), flush=True)
+        print(f"\nload avg  : {', '.join(f'{x:.2f}' for x in os.getloadavg())} (at the end)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
