@@ -10,6 +10,7 @@ PACKAGES=(
   xz-utils bzip2 zstd gzip        # reference tools for compressed test images
   xorriso udftools fdisk          # ISO 9660, UDF and partitioned test images
   telnet                          # a real telnet client against the console ports
+  tshark                          # reads link captures in the tests (as Wireshark would)
   graphviz                        # virtlab lab graph --svg renders with dot
   dosfstools mtools syslinux syslinux-common busybox-static cpio  # the tiny bootable test disk
   isolinux                        # the tiny bootable test ISO (El Torito)

@@ -25,6 +25,7 @@ from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
+from virtlab.services.labs import LabService
 from virtlab.services.links import LinkService
 from virtlab.services.nodes import NodeService
 from virtlab.settings import Settings
@@ -43,6 +44,7 @@ class Runtime:
     consoles: ConsoleManager
     events: EventBus
     links: LinkService = None  # type: ignore[assignment]
+    labs: LabService = None  # type: ignore[assignment]
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
 
@@ -99,6 +101,9 @@ class Runtime:
             catalog=catalog, nodes=runtime.nodes, links_dir=settings.data_dir / "links",
             captures_dir=settings.data_dir / "captures", events=events,
         )  # fmt: skip
+        runtime.labs = LabService(
+            catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events
+        )
         images.users_of = runtime._image_users
         return runtime
 

@@ -104,7 +104,7 @@ class LinkService:
         ends = []
         for text in (a, b):
             name, index = parse_endpoint(text)
-            node = self.nodes.get(f"{lab}/{name}" if "/" not in name else name)
+            node = self.nodes.get(f"{lab}:{name}")
             if node.lab_id != lab_id:
                 raise InvalidRequest(f"{text}: {name} is not in lab {lab}")
             if index >= node.nics:

@@ -106,8 +106,8 @@ class NodeService:
             return NodeRepository(session).list()
 
     def get(self, ref: str) -> NodeRecord:
-        """A node by id, by ``lab/name``, or by a name no other lab uses."""
-        lab_name, _, name = ref.rpartition("/")
+        """A node by id, by ``LAB:NAME`` (or ``LAB/NAME``), or by a name no other lab uses."""
+        lab_name, _, name = ref.replace("/", ":").rpartition(":")
         with self.catalog.session() as session:
             repo = NodeRepository(session)
             record = repo.get(ref)
@@ -122,7 +122,7 @@ class NodeService:
             raise NotFound(f"no node {ref!r}; `virtlab node list` shows the nodes")
         if len(found) > 1:
             raise InvalidRequest(
-                f"{len(found)} labs have a node named {name}; say which: LAB/{name}"
+                f"{len(found)} labs have a node named {name}; say which: LAB:{name}"
             )
         return found[0]
 

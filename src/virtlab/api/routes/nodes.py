@@ -19,7 +19,9 @@ _ERR = {"content": {"application/json": {"schema": {
 }}}}  # fmt: skip
 NOT_FOUND = {404: {"description": "No such node", **_ERR}}
 REFUSED = {**NOT_FOUND, 409: {"description": "Not now: the node's state forbids it", **_ERR}}
-NodeRef = Annotated[str, Path(min_length=1, max_length=64, description="the node's id or name")]
+NodeRef = Annotated[
+    str, Path(min_length=1, max_length=130, description="the node's id, NAME, or LAB:NAME")
+]
 
 
 def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]

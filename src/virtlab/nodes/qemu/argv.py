@@ -9,11 +9,12 @@ guest sees the same PCI layout and the same interface names whatever its console
 are fixed (disk controller in slot 4, ``nicN`` in slot 6+N) for the same reason: changing the
 disk bus or adding a CD-ROM never renumbers the guest's network interfaces.
 
-A NIC without a cable is a ``dgram`` netdev over unix datagram sockets in the node's
-directory, whose peer (``nicN.peer``) nobody binds: the guest sees a present NIC with its
-link up, frames it sends are dropped by the host kernel, QEMU prints no warning (a lone hub
-port would: "hub 0 is not connected to host network"), and a relay that later binds
-``nicN.peer`` plugs a cable in without restarting QEMU. See :func:`unplugged_nic_paths`.
+Every NIC is a ``dgram`` netdev over unix datagram sockets in the node's directory: QEMU binds
+``nicN.sock`` and sends each frame to the path ``nicN.peer``. Without a cable nothing is there:
+the guest sees a present NIC with its link up, frames it sends are dropped by the host kernel,
+and QEMU prints no warning (a lone hub port would: "hub 0 is not connected to host network").
+A link makes ``nicN.peer`` a symlink to the peer's socket, or to a relay's, while QEMU runs
+(:mod:`virtlab.links.wiring`). See :func:`unplugged_nic_paths`.
 
 Paths are escaped for QEMU's ``key=value,…`` syntax (a ``,`` becomes ``,,``); every disk and
 CD-ROM is opened with ``-blockdev`` and an explicit format, so QEMU never probes one. The

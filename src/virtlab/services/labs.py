@@ -1,0 +1,255 @@
+"""Lab use cases: create, list, deploy from a topology file (all or nothing), start, stop,
+destroy, export back to YAML, graph.
+
+Deploy is a transaction over machines: every node, disk and link it makes registers its undo on
+a stack, and a failure half-way unwinds the stack, so a failed deploy leaves nothing behind.
+Deploying the same file again changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from virtlab.catalog import Catalog, NodeRecord, NodeRepository
+from virtlab.catalog.labs import DEFAULT_LAB_ID, LabRecord, LabRepository
+from virtlab.errors import Conflict, InvalidRequest, NotFound
+from virtlab.links.impairment import Impairment
+from virtlab.nodes.names import validate_name
+from virtlab.nodes.spec import DiskBus, NicModel
+from virtlab.nodes.state import NodeState
+from virtlab.services.events import EventBus
+from virtlab.services.links import LinkService
+from virtlab.services.nodes import NodeService, NodeSettings
+from virtlab.topology import (
+    Endpoint,
+    LinkState,
+    Position,
+    ResolvedLab,
+    ResolvedLink,
+    ResolvedNode,
+    export_yaml,
+    load_lab,
+    to_dot,
+    to_svg,
+)
+
+__all__ = ["LabService", "LabSummary"]
+
+_START_CONCURRENCY = 4
+_ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
+
+
+@dataclass(frozen=True)
+class LabSummary:
+    lab: LabRecord
+    nodes: list[NodeRecord]
+    links: int
+
+
+class LabService:
+    def __init__(
+        self, *, catalog: Catalog, nodes: NodeService, links: LinkService,
+        events: EventBus | None = None,
+    ) -> None:  # fmt: skip
+        self.catalog = catalog
+        self.nodes = nodes
+        self.links = links
+        self.events = events
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, name: str) -> LabRecord:
+        with self.catalog.session() as session:
+            lab = LabRepository(session).by_name(name)
+        if lab is None:
+            raise NotFound(f"no lab named {name!r}; `virtlab lab list` shows the labs")
+        return lab
+
+    def list(self) -> list[LabSummary]:
+        with self.catalog.session() as session:
+            labs = LabRepository(session).list()
+        return [self.summary(lab) for lab in labs]
+
+    def summary(self, lab: LabRecord) -> LabSummary:
+        with self.catalog.session() as session:
+            nodes = NodeRepository(session).in_lab(lab.id)
+        return LabSummary(lab, nodes, len(self.links.list(lab.id)))
+
+    # -- making -------------------------------------------------------------------------------
+
+    def create(self, name: str) -> LabRecord:
+        validate_name(name)
+        record = LabRecord(id=secrets.token_hex(6), name=name, created_at=datetime.now(UTC))
+        with self.catalog.session() as session:
+            repo = LabRepository(session)
+            if repo.by_name(name) is not None:
+                raise Conflict(f"a lab named {name} already exists; choose another name")
+            repo.add(record)
+        self._publish(record, "created")
+        return record
+
+    async def deploy(
+        self, text: str, *, image: str | None = None, start: bool = True
+    ) -> tuple[LabRecord, bool]:
+        """Make the lab the file describes; ``(lab, changed)``. All or nothing."""
+        wanted = load_lab(text, image_override=image)
+        with self.catalog.session() as session:
+            existing = LabRepository(session).by_name(wanted.name)
+        if existing is not None:
+            if self.resolved(existing) == wanted.canonical():
+                if start:
+                    await self.start(existing.name)
+                return existing, False
+            raise Conflict(
+                f"lab {wanted.name} exists and differs from this file; `virtlab lab destroy "
+                f"{wanted.name}` first, or edit it through the API"
+            )
+        async with AsyncExitStack() as undo:
+            lab = self.create(wanted.name)
+            undo.push_async_callback(self._forget_lab, lab)
+            for node in wanted.nodes:
+                if node.is_nat:
+                    raise InvalidRequest(
+                        f"node {node.name}: nat nodes are not supported yet; link a node with "
+                        "a management interface instead"
+                    )
+                if node.management is not None:
+                    raise InvalidRequest(
+                        f"node {node.name}: management interfaces are not supported yet"
+                    )
+                record = await self.nodes.create(_settings(node, lab.name))
+                undo.push_async_callback(self._forget_node, record.id)
+            for link in wanted.links:
+                made = await self.links.add(
+                    lab.name, str(link.a), str(link.b), state=link.state.value,
+                    impairment=_impairment_dict(link),
+                )  # fmt: skip
+                undo.push_async_callback(self.links.remove, made.id)
+            if start:
+                await self.start(lab.name)
+            with self.catalog.session() as session:
+                LabRepository(session).set_topology(lab.id, export_yaml(wanted))
+            undo.pop_all()
+        self._publish(lab, "deployed")
+        return lab, True
+
+    async def _forget_node(self, node_id: str) -> None:
+        record = self.nodes.get(node_id)
+        if NodeState(record.state) in _ACTIVE:
+            await self.nodes.kill(node_id)
+        await self.nodes.delete(node_id)
+
+    async def _forget_lab(self, lab: LabRecord) -> None:
+        with self.catalog.session() as session:
+            LabRepository(session).remove(lab.id)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def start(self, name: str) -> list[NodeRecord]:
+        """Start every stopped or crashed node, a few at a time."""
+        lab = self.get(name)
+        gate = asyncio.Semaphore(_START_CONCURRENCY)
+        todo = [
+            n for n in self.summary(lab).nodes
+            if NodeState(n.state) in (NodeState.STOPPED, NodeState.CRASHED)
+        ]  # fmt: skip
+
+        async def one(node: NodeRecord) -> NodeRecord:
+            async with gate:
+                return await self.nodes.start(node.id)
+
+        return list(await asyncio.gather(*(one(n) for n in todo)))
+
+    async def stop(self, name: str) -> list[NodeRecord]:
+        """Stop every running node at once (ACPI power-down, then a hard stop)."""
+        lab = self.get(name)
+        todo = [
+            n for n in self.summary(lab).nodes
+            if NodeState(n.state) in (NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STARTING)
+        ]  # fmt: skip
+        return list(await asyncio.gather(*(self.nodes.stop(n.id) for n in todo)))
+
+    async def destroy(self, name: str) -> LabRecord:
+        """Kill and delete every node and link of the lab, then the lab (``default`` stays)."""
+        lab = self.get(name)
+        for link in self.links.list(lab.id):
+            await self.links.remove(link.id)
+        for node in self.summary(lab).nodes:
+            await self._forget_node(node.id)
+        if lab.id != DEFAULT_LAB_ID:
+            await self._forget_lab(lab)
+        self._publish(lab, "destroyed")
+        return lab
+
+    # -- describing ---------------------------------------------------------------------------
+
+    def resolved(self, lab: LabRecord) -> ResolvedLab:
+        """The lab as it stands in the catalog, possibly edited by hand through the API."""
+        summary = self.summary(lab)
+        by_id = {n.id: n for n in summary.nodes}
+        nodes = tuple(
+            ResolvedNode(
+                name=n.name, kind=n.kind or "linux", image=n.image, cpus=n.cpus,
+                ram_mb=n.ram_mb, disk_bus=DiskBus(n.disk_bus), nics=n.nics,
+                nic_model=NicModel(n.nic_model), disk_size_mb=n.disk_size_mb, serial=n.serial,
+                vnc=n.vnc, extra_args=n.extra_args,
+                position=Position(n.position_x, n.position_y)
+                if n.position_x is not None and n.position_y is not None else None,
+            )
+            for n in summary.nodes
+        )  # fmt: skip
+        links = []
+        for link in self.links.list(lab.id):
+            a, b = (
+                Endpoint(by_id[link.a_node].name, link.a_iface),
+                Endpoint(by_id[link.b_node].name, link.b_iface),
+            )
+            imp = link.impairment
+            links.append(
+                ResolvedLink(
+                    a=a, b=b, state=LinkState(link.state),
+                    a_to_b=Impairment(**imp.get("a_to_b", {})),
+                    b_to_a=Impairment(**imp.get("b_to_a", {})),
+                )
+            )  # fmt: skip
+        return ResolvedLab(lab.name, nodes, tuple(links)).canonical()
+
+    def export(self, name: str) -> str:
+        return export_yaml(self.resolved(self.get(name)))
+
+    def graph(self, name: str, fmt: str = "svg") -> str:
+        resolved = self.resolved(self.get(name))
+        if fmt == "dot":
+            return to_dot(resolved)
+        if fmt == "svg":
+            return to_svg(resolved)
+        raise InvalidRequest(f"a graph is svg or dot, not {fmt!r}")
+
+    def _publish(self, lab: LabRecord, state: str) -> None:
+        if self.events is not None:
+            self.events.publish("lab", id=lab.id, name=lab.name, state=state)
+
+
+def _settings(node: ResolvedNode, lab: str) -> NodeSettings:
+    assert node.image is not None
+    return NodeSettings(
+        name=node.name, image=node.image, lab=lab, cpus=node.cpus, ram_mb=node.ram_mb,
+        disk_bus=node.disk_bus, nics=node.nics, nic_model=node.nic_model,
+        disk_size_mb=node.disk_size_mb, serial=node.serial, vnc=node.vnc,
+        extra_args=node.extra_args, kind=node.kind,
+        position=(node.position.x, node.position.y) if node.position else None,
+    )  # fmt: skip
+
+
+def _impairment_dict(link: ResolvedLink) -> dict:
+    from dataclasses import asdict
+
+    out = {}
+    for direction, value in (("a_to_b", link.a_to_b), ("b_to_a", link.b_to_a)):
+        if not value.is_none:
+            out[direction] = asdict(value)
+    return out
