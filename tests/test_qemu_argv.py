@@ -559,3 +559,25 @@ def test_other_buses_start(
         assert block["hd0"]["inserted"]["drv"] == "qcow2"
         assert block["cd0"]["inserted"]["ro"] is True
         assert qemu.quit() == 0
+
+
+def test_user_mode_nics_forward_on_loopback_only_and_are_restricted() -> None:
+    from virtlab.nodes.spec import Forward, UserNet
+
+    user = UserNet(forwards=(Forward("tcp", 2222, 22), Forward("udp", 5353, 53)))
+    spec = NodeSpec(
+        id="n1", name="n1", paths=RunPaths(Path("/srv/n1")),
+        nics=(NicSpec(0, NicModel.VIRTIO, "52:54:00:00:00:01", user=user),),
+    )  # fmt: skip
+    argv = build_argv(spec)
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev == (
+        "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:127.0.0.1:5353-:53"
+    )
+    bad = NodeSpec(
+        id="n1", name="n1", paths=RunPaths(Path("/srv/n1")),
+        nics=(NicSpec(0, NicModel.VIRTIO, "52:54:00:00:00:01",
+                      user=UserNet(forwards=(Forward("sctp", 1, 2),))),),
+    )  # fmt: skip
+    with pytest.raises(InvalidRequest, match="bad port forward"):
+        build_argv(bad)

@@ -64,7 +64,7 @@ class NodeRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(Text, default="")  # why it crashed: QEMU's log tail
     kind: Mapped[str] = mapped_column(String(63), default="")  # from the topology file
-    management: Mapped[str] = mapped_column(Text, default="[]")  # JSON: host port forwards
+    management: Mapped[str] = mapped_column(Text, default="{}")  # JSON: user-mode NICs
     position_x: Mapped[float | None] = mapped_column(Float, nullable=True)  # on the UI canvas
     position_y: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -35,7 +35,11 @@ class NodeRecord:
     detail: str = ""
     lab_id: str = DEFAULT_LAB_ID
     kind: str = ""
-    management: tuple[dict, ...] = ()  # host port forwards: {proto, host_port, guest_port}
+    # User-mode networking: {"mgmt": USERNET} is a management NIC after the data NICs;
+    # {"nat": {"<nic>": USERNET + {"node": nat node name, "first": bool, "position": [x, y]}}}
+    # are data NICs linked to a NAT node. USERNET = {"forwards": [[proto, host, guest]...],
+    # "restrict": bool}.
+    management: dict = field(default_factory=dict)
     position_x: float | None = None
     position_y: float | None = None
 
@@ -43,7 +47,7 @@ class NodeRecord:
     def from_row(cls, row: NodeRow) -> NodeRecord:
         fields = {f: getattr(row, f) for f in cls.__dataclass_fields__}
         fields["extra_args"] = tuple(json.loads(row.extra_args or "[]"))
-        fields["management"] = tuple(json.loads(row.management or "[]"))
+        fields["management"] = json.loads(row.management or "{}")
         if fields["created_at"].tzinfo is None:
             fields["created_at"] = fields["created_at"].replace(tzinfo=UTC)
         return cls(**fields)
@@ -51,7 +55,7 @@ class NodeRecord:
     def to_row(self) -> NodeRow:
         fields = asdict(self)
         fields["extra_args"] = json.dumps(list(self.extra_args))
-        fields["management"] = json.dumps(list(self.management))
+        fields["management"] = json.dumps(self.management)
         return NodeRow(**fields)
 
 
@@ -90,8 +94,10 @@ class NodeRepository:
         if row is None:
             raise KeyError(node_id)
         for key, value in fields.items():
-            if key in ("extra_args", "management"):
+            if key == "extra_args":
                 value = json.dumps(list(value))  # type: ignore[call-overload]
+            elif key == "management":
+                value = json.dumps(value)
             setattr(row, key, value)
         self.session.flush()
         return NodeRecord.from_row(row)

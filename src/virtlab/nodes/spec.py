@@ -13,11 +13,13 @@ from pathlib import Path
 __all__ = [
     "Accel",
     "DiskBus",
+    "Forward",
     "NicModel",
     "NicSpec",
     "NodeSpec",
     "RunPaths",
     "UdpTunnel",
+    "UserNet",
 ]
 
 
@@ -51,11 +53,31 @@ class UdpTunnel:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """``127.0.0.1:host_port`` on the host reaches ``guest_port`` in the guest."""
+
+    proto: str  # tcp | udp
+    host_port: int
+    guest_port: int
+
+
+@dataclass(frozen=True)
+class UserNet:
+    """QEMU user-mode networking on a NIC (a NAT node's link, or a management interface).
+    ``restrict``: the guest reaches nothing through the host (no DNS, no routing); only the
+    forwards, which listen on 127.0.0.1, reach the guest."""
+
+    forwards: tuple[Forward, ...] = ()
+    restrict: bool = True
+
+
+@dataclass(frozen=True)
 class NicSpec:
     index: int  # eth<index>
     model: NicModel
     mac: str  # "52:54:00:xx:xx:xx", stable per node
     tunnel: UdpTunnel | None = None  # None: a NIC with no cable plugged in
+    user: UserNet | None = None  # user-mode networking instead of a cable
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,10 @@ from virtlab.services.nodes import NodeService, NodeSettings
 from virtlab.topology import (
     Endpoint,
     LinkState,
+    NatSpec,
+    PortForward,
     Position,
+    Proto,
     ResolvedLab,
     ResolvedLink,
     ResolvedNode,
@@ -108,22 +111,20 @@ class LabService:
                 f"lab {wanted.name} exists and differs from this file; `virtlab lab destroy "
                 f"{wanted.name}` first, or edit it through the API"
             )
+        user_nets = _user_nets(wanted)
         async with AsyncExitStack() as undo:
             lab = self.create(wanted.name)
             undo.push_async_callback(self._forget_lab, lab)
             for node in wanted.nodes:
                 if node.is_nat:
-                    raise InvalidRequest(
-                        f"node {node.name}: nat nodes are not supported yet; link a node with "
-                        "a management interface instead"
-                    )
-                if node.management is not None:
-                    raise InvalidRequest(
-                        f"node {node.name}: management interfaces are not supported yet"
-                    )
-                record = await self.nodes.create(_settings(node, lab.name))
+                    continue  # no machine: its linked peer gets user-mode networking
+                settings = _settings(node, lab.name, user_nets.get(node.name, {}))
+                record = await self.nodes.create(settings)
                 undo.push_async_callback(self._forget_node, record.id)
+            nat_names = {n.name for n in wanted.nodes if n.is_nat}
             for link in wanted.links:
+                if link.a.node in nat_names or link.b.node in nat_names:
+                    continue  # made by the peer's user-mode NIC
                 made = await self.links.add(
                     lab.name, str(link.a), str(link.b), state=link.state.value,
                     impairment=_impairment_dict(link),
@@ -191,18 +192,29 @@ class LabService:
         """The lab as it stands in the catalog, possibly edited by hand through the API."""
         summary = self.summary(lab)
         by_id = {n.id: n for n in summary.nodes}
-        nodes = tuple(
+        nodes = [
             ResolvedNode(
                 name=n.name, kind=n.kind or "linux", image=n.image, cpus=n.cpus,
                 ram_mb=n.ram_mb, disk_bus=DiskBus(n.disk_bus), nics=n.nics,
                 nic_model=NicModel(n.nic_model), disk_size_mb=n.disk_size_mb, serial=n.serial,
                 vnc=n.vnc, extra_args=n.extra_args,
+                management=_nat_spec(n.management["mgmt"]) if "mgmt" in n.management else None,
                 position=Position(n.position_x, n.position_y)
                 if n.position_x is not None and n.position_y is not None else None,
             )
             for n in summary.nodes
-        )  # fmt: skip
+        ]  # fmt: skip
         links = []
+        for n in summary.nodes:  # NAT nodes live on as their peers' user-mode NICs
+            for nic, entry in sorted(n.management.get("nat", {}).items()):
+                where = entry.get("position")
+                nodes.append(ResolvedNode(
+                    name=entry["node"], kind="nat", nat=_nat_spec(entry),
+                    position=Position(*where) if where else None,
+                ))  # fmt: skip
+                ends = (Endpoint(n.name, int(nic)), Endpoint(entry["node"], 0))
+                a, b = (ends[1], ends[0]) if entry.get("first") else ends
+                links.append(ResolvedLink(a=a, b=b))
         for link in self.links.list(lab.id):
             a, b = (
                 Endpoint(by_id[link.a_node].name, link.a_iface),
@@ -216,7 +228,7 @@ class LabService:
                     b_to_a=Impairment(**imp.get("b_to_a", {})),
                 )
             )  # fmt: skip
-        return ResolvedLab(lab.name, nodes, tuple(links)).canonical()
+        return ResolvedLab(lab.name, tuple(nodes), tuple(links)).canonical()
 
     def export(self, name: str) -> str:
         return export_yaml(self.resolved(self.get(name)))
@@ -234,13 +246,46 @@ class LabService:
             self.events.publish("lab", id=lab.id, name=lab.name, state=state)
 
 
-def _settings(node: ResolvedNode, lab: str) -> NodeSettings:
+def _user_net(spec: NatSpec) -> dict:
+    return {
+        "forwards": [[f.proto.value if hasattr(f.proto, "value") else str(f.proto),
+                      f.host_port, f.guest_port] for f in spec.forwards],
+        "restrict": spec.restrict,
+    }  # fmt: skip
+
+
+def _nat_spec(raw: dict) -> NatSpec:
+    forwards = tuple(PortForward(Proto(p), int(h), int(g)) for p, h, g in raw.get("forwards", []))
+    return NatSpec(forwards=forwards, restrict=bool(raw.get("restrict", True)))
+
+
+def _user_nets(lab: ResolvedLab) -> dict[str, dict]:
+    """Per machine node: its management NIC and the NICs linked to NAT nodes."""
+    out: dict[str, dict] = {}
+    for node in lab.nodes:
+        if node.management is not None and not node.is_nat:
+            out.setdefault(node.name, {})["mgmt"] = _user_net(node.management)
+    nats = {n.name: n for n in lab.nodes if n.is_nat}
+    for link in lab.links:
+        for nat_end, peer, first in ((link.a, link.b, True), (link.b, link.a, False)):
+            nat = nats.get(nat_end.node)
+            if nat is None or nat.nat is None:
+                continue
+            entry = _user_net(nat.nat) | {
+                "node": nat.name, "first": first,
+                "position": [nat.position.x, nat.position.y] if nat.position else None,
+            }  # fmt: skip
+            out.setdefault(peer.node, {}).setdefault("nat", {})[str(peer.nic)] = entry
+    return out
+
+
+def _settings(node: ResolvedNode, lab: str, management: dict) -> NodeSettings:
     assert node.image is not None
     return NodeSettings(
         name=node.name, image=node.image, lab=lab, cpus=node.cpus, ram_mb=node.ram_mb,
         disk_bus=node.disk_bus, nics=node.nics, nic_model=node.nic_model,
         disk_size_mb=node.disk_size_mb, serial=node.serial, vnc=node.vnc,
-        extra_args=node.extra_args, kind=node.kind,
+        extra_args=node.extra_args, kind=node.kind, management=management,
         position=(node.position.x, node.position.y) if node.position else None,
     )  # fmt: skip
 

@@ -14,7 +14,7 @@ import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +26,16 @@ from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.names import stable_mac, validate_name
 from virtlab.nodes.qemu.argv import check_extra_args
 from virtlab.nodes.qemu.process import log_tail
-from virtlab.nodes.spec import Accel, DiskBus, NicModel, NicSpec, NodeSpec, RunPaths
+from virtlab.nodes.spec import (
+    Accel,
+    DiskBus,
+    Forward,
+    NicModel,
+    NicSpec,
+    NodeSpec,
+    RunPaths,
+    UserNet,
+)
 from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
@@ -66,7 +75,7 @@ class NodeSettings:
     vnc: bool = True
     extra_args: tuple[str, ...] = ()
     kind: str = ""
-    management: tuple[dict, ...] = ()  # host port forwards of a management NIC
+    management: dict = field(default_factory=dict)  # user-mode NICs: see NodeRecord
     position: tuple[float, float] | None = None
 
     def checked(self) -> NodeSettings:
@@ -146,14 +155,19 @@ class NodeService:
         image = self.images.get(record.image)
         path = self.images.store.absolute(image.path)
         cdrom = path if image.kind == ImageKind.CDROM else None
-        nics = tuple(
-            NicSpec(i, NicModel(record.nic_model), stable_mac(record.id, i))
+        model = NicModel(record.nic_model)
+        nat = record.management.get("nat", {})
+        nics = [
+            NicSpec(i, model, stable_mac(record.id, i), user=_user_net(nat.get(str(i))))
             for i in range(record.nics)
-        )
+        ]
+        if "mgmt" in record.management:
+            mgmt = _user_net(record.management["mgmt"])
+            nics.append(NicSpec(record.nics, model, stable_mac(record.id, record.nics), user=mgmt))
         return NodeSpec(
             id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
             accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,
-            disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
+            disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=tuple(nics), serial=record.serial,
             vnc=record.vnc, uuid=str(uuid.uuid5(_UUID_NAMESPACE, record.id)),
             extra_args=record.extra_args,
         )  # fmt: skip
@@ -382,3 +396,10 @@ class NodeService:
                     await self.stop(record.id)
         await self.consoles.close_all()
         await self.driver.close()
+
+
+def _user_net(raw: dict | None) -> UserNet | None:
+    if raw is None:
+        return None
+    forwards = tuple(Forward(str(p), int(h), int(g)) for p, h, g in raw.get("forwards", []))
+    return UserNet(forwards=forwards, restrict=bool(raw.get("restrict", True)))

@@ -31,7 +31,7 @@ from pathlib import Path
 from virtlab.errors import InvalidRequest
 from virtlab.nodes.names import validate_mac, validate_name
 from virtlab.nodes.qemu.extra_args import ALLOWED_EXTRA_ARGS, check_extra_args
-from virtlab.nodes.spec import Accel, DiskBus, NicSpec, NodeSpec, RunPaths, UdpTunnel
+from virtlab.nodes.spec import Accel, DiskBus, NicSpec, NodeSpec, RunPaths, UdpTunnel, UserNet
 
 __all__ = [
     "ALLOWED_EXTRA_ARGS",
@@ -124,6 +124,15 @@ def _validate_nic(node: str, nic: NicSpec) -> None:
     if not 0 <= nic.index < MAX_NICS:
         raise InvalidRequest(f"node {node}: NIC index must be 0 to {MAX_NICS - 1}, not {nic.index}")
     validate_mac(nic.mac)
+    if nic.user is not None:
+        if nic.tunnel is not None:
+            raise InvalidRequest(f"node {node}: eth{nic.index} is user-mode or a tunnel, not both")
+        for forward in nic.user.forwards:
+            if forward.proto not in ("tcp", "udp") or not (
+                1 <= forward.host_port <= 65535 and 1 <= forward.guest_port <= 65535
+            ):
+                raise InvalidRequest(f"node {node}: eth{nic.index}: bad port forward {forward}")
+        return
     if nic.tunnel is None:
         return
     t = nic.tunnel
@@ -265,6 +274,13 @@ def unplugged_nic_paths(paths: RunPaths, index: int) -> tuple[Path, Path]:
     return paths.root / f"nic{index}.sock", paths.root / f"nic{index}.peer"
 
 
+def _user_netdev(index: int, user: UserNet) -> str:
+    """User-mode networking; forwards listen on 127.0.0.1 only."""
+    parts = [f"user,id={netdev_id(index)}", f"restrict={'on' if user.restrict else 'off'}"]
+    parts += [f"hostfwd={f.proto}:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in user.forwards]
+    return ",".join(parts)
+
+
 def _netdev(paths: RunPaths, index: int, tunnel: UdpTunnel | None) -> str:
     if tunnel is None:
         local, peer = unplugged_nic_paths(paths, index)
@@ -287,7 +303,11 @@ def nic_args(spec: NodeSpec) -> list[str]:
             f"{nic.model.value},netdev={netdev_id(nic.index)},id={nic_device_id(nic.index)},"
             f"mac={nic.mac.lower()},addr={FIRST_NIC_SLOT + nic.index:#04x}"
         )
-        args += ["-netdev", _netdev(spec.paths, nic.index, nic.tunnel), "-device", device]
+        netdev = (
+            _user_netdev(nic.index, nic.user) if nic.user is not None
+            else _netdev(spec.paths, nic.index, nic.tunnel)
+        )  # fmt: skip
+        args += ["-netdev", netdev, "-device", device]
     return args
 
 

@@ -43,7 +43,7 @@ def upgrade() -> None:
             sa.Column("lab_id", sa.String(32), nullable=False, server_default=DEFAULT_LAB_ID)
         )
         batch.add_column(sa.Column("kind", sa.String(63), nullable=False, server_default=""))
-        batch.add_column(sa.Column("management", sa.Text(), nullable=False, server_default="[]"))
+        batch.add_column(sa.Column("management", sa.Text(), nullable=False, server_default="{}"))
         batch.add_column(sa.Column("position_x", sa.Float(), nullable=True))
         batch.add_column(sa.Column("position_y", sa.Float(), nullable=True))
         batch.drop_index("ix_nodes_name")
