@@ -20,7 +20,8 @@ import httpx
 
 __all__ = ["Server", "free_port"]
 
-_READY = "Application startup complete"
+# uvicorn logs "Application startup complete" before it binds its socket; this line comes after.
+_READY = "Uvicorn running on"
 
 
 def free_port() -> int:

@@ -109,8 +109,9 @@ class Importer:
         out = staging.file(f"{payload.path.name}.qcow2")
         try:
             self.qemu_img.convert(
-                payload.path, inspection.format.qemu_driver, out, job.advance, label=payload.label
-            )
+                payload.path, inspection.format.qemu_driver, out,
+                lambda percent: self._converting(job, percent), label=payload.label,
+            )  # fmt: skip
         except ToolFailure as exc:
             raise CorruptImage(
                 f"{payload.label} ({inspection.format.value}) could not be converted: "
@@ -248,6 +249,11 @@ class Importer:
             origin="custom",
             created_at=datetime.now(UTC),
         )
+
+    def _converting(self, job: ImportJob, percent: float) -> None:
+        job.advance(percent)
+        if percent >= 10:
+            self._fault("during_convert")
 
     def _fault(self, point: str) -> None:
         """Die here as a power cut would, when the crash-safety tests ask for it."""
