@@ -25,6 +25,7 @@ from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
+from virtlab.services.lab_archive import LabArchiver
 from virtlab.services.labs import LabService
 from virtlab.services.links import LinkService
 from virtlab.services.nodes import NodeService
@@ -45,6 +46,7 @@ class Runtime:
     events: EventBus
     links: LinkService = None  # type: ignore[assignment]
     labs: LabService = None  # type: ignore[assignment]
+    archiver: LabArchiver = None  # type: ignore[assignment]
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
 
@@ -103,6 +105,9 @@ class Runtime:
         )  # fmt: skip
         runtime.labs = LabService(
             catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events
+        )
+        runtime.archiver = LabArchiver(
+            runtime.labs, runtime.nodes, images, qemu_img, settings.staging_dir
         )
         images.users_of = runtime._image_users
         return runtime

@@ -10,7 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from virtlab import __version__
 from virtlab.api import errors
-from virtlab.api.routes import events, health, images, labs, links, nodes
+from virtlab.api.routes import events, health, images, lab_archive, labs, links, nodes
 from virtlab.runtime import Runtime
 from virtlab.settings import Settings
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(nodes.router)
     app.include_router(labs.router)
+    app.include_router(lab_archive.router)
     app.include_router(links.router)
     app.include_router(events.router)
     return app

@@ -11,10 +11,12 @@ import typer
 from rich.table import Table
 
 from virtlab.cli.client import ApiError, Client
+from virtlab.cli.lab_archive import register as register_lab_archive
 from virtlab.cli.options import JsonOpt, UrlOpt, err, out
 
 labs = typer.Typer(no_args_is_help=True)
 links = typer.Typer(no_args_is_help=True)
+register_lab_archive(labs)
 
 
 def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:

@@ -1,0 +1,79 @@
+"""``/api/labs/{name}/archive`` and ``/api/labs/import``: a lab in one file, and back."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+from starlette.background import BackgroundTask
+
+from virtlab.api.deps import RuntimeDep
+from virtlab.api.node_schemas import NAME_PATTERN
+from virtlab.api.routes.labs import LabInfo, LabName
+
+router = APIRouter(tags=["labs"])
+
+_ERR = {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
+}}}}  # fmt: skip
+ARCHIVE_ERRORS = {
+    404: {"description": "No such lab", **_ERR},
+    409: {"description": "Some of the lab's nodes are not stopped (they are named)", **_ERR},
+}
+IMPORT_ERRORS = {
+    400: {"description": "Not a lab archive, or one with unexpected contents", **_ERR},
+    404: {"description": "A base image is neither here nor in the archive (named)", **_ERR},
+    409: {"description": "A lab of that name exists", **_ERR},
+    413: {"description": "Past the upload cap, or an oversized manifest", **_ERR},
+    422: {"description": "A disk or image in the archive is refused; the reason is in detail",
+          **_ERR},
+    507: {"description": "The data directory's disk is full", **_ERR},
+}  # fmt: skip
+
+
+class LabImported(LabInfo):
+    images_imported: list[str] = Field(description="catalog images made from the archive")
+    images_reused: list[str] = Field(description="catalog images already here (same sha256)")
+
+
+@router.get(
+    "/api/labs/{name}/archive", response_class=StreamingResponse,
+    responses={**ARCHIVE_ERRORS, 200: {"content": {"application/x-tar": {}}}},
+    summary="The lab, its node disks and optionally its base images, as one tar file",
+)  # fmt: skip
+async def archive_lab(
+    name: LabName, runtime: RuntimeDep,
+    images: Annotated[bool, Query(description="include the base images")] = False,
+) -> StreamingResponse:  # fmt: skip
+    """`curl -o lab.tar 'URL/api/labs/NAME/archive?images=true'`. Every node must be stopped.
+    Import it on another virtlab with `POST /api/labs/import`."""
+    stream = await runtime.archiver.open_export(name, with_images=images)
+    return StreamingResponse(
+        stream.chunks(), media_type="application/x-tar", background=BackgroundTask(stream.close),
+        headers={"content-length": str(stream.size),
+                 "content-disposition": f'attachment; filename="{name}.tar"'},
+    )  # fmt: skip
+
+
+@router.post(
+    "/api/labs/import", status_code=201, response_model=LabImported, responses=IMPORT_ERRORS,
+    summary="Make a lab from a lab archive sent as the raw request body (nodes stopped)",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/x-tar": {
+        "schema": {"type": "string", "format": "binary"}}}}},
+)  # fmt: skip
+async def import_lab(
+    request: Request, runtime: RuntimeDep,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN,
+                                      description="a name for the lab (default: its own)")] = None,
+) -> LabImported:  # fmt: skip
+    """`curl -X POST -T lab.tar URL/api/labs/import` (the body is streamed to disk). Base images are
+    found here by sha256, or imported from the archive; node disks are checked like uploads."""
+    length = request.headers.get("content-length", "")
+    done = await runtime.archiver.import_stream(
+        request.stream(), expected_size=int(length) if length.isdigit() else None, name=name
+    )
+    info = LabInfo.of(runtime.labs.summary(done.lab))
+    return LabImported(**info.model_dump(), images_imported=done.images_imported,
+                       images_reused=done.images_reused)  # fmt: skip
