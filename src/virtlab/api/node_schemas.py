@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from virtlab.catalog import NodeRecord
 from virtlab.nodes.names import stable_mac
+from virtlab.nodes.qemu.argv import MAX_NICS
 from virtlab.nodes.spec import DiskBus, NicModel
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -26,7 +27,7 @@ class NodeCreate(BaseModel):
     cpus: int = Field(1, ge=1, le=64)
     ram_mb: int = Field(256, ge=16, le=1 << 20)
     disk_bus: DiskBus = DiskBus.VIRTIO
-    nics: int = Field(1, ge=0, le=32, description="how many NICs: eth0, eth1, …")
+    nics: int = Field(1, ge=0, le=MAX_NICS, description="how many NICs: eth0, eth1, …")
     nic_model: NicModel = NicModel.VIRTIO
     disk_size_mb: int | None = Field(
         None, ge=1, le=16 << 20,
@@ -44,7 +45,7 @@ class NodeUpdate(BaseModel):
     cpus: int | None = Field(None, ge=1, le=64)
     ram_mb: int | None = Field(None, ge=16, le=1 << 20)
     disk_bus: DiskBus | None = None
-    nics: int | None = Field(None, ge=0, le=32)
+    nics: int | None = Field(None, ge=0, le=MAX_NICS)
     nic_model: NicModel | None = None
     serial: bool | None = None
     vnc: bool | None = None

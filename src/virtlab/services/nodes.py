@@ -14,7 +14,7 @@ import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,23 +23,19 @@ from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
-from virtlab.nodes.names import stable_mac, validate_name
-from virtlab.nodes.qemu.argv import check_extra_args
 from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import (
     Accel,
     DiskBus,
-    Forward,
     NicModel,
-    NicSpec,
     NodeSpec,
     RunPaths,
-    UserNet,
 )
 from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.images import ImageService
+from virtlab.services.node_settings import NodeSettings, nic_specs
 
 __all__ = ["NodeService", "NodeSettings"]
 
@@ -56,37 +52,6 @@ def new_node_id() -> str:
 
 
 _ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
-
-
-@dataclass(frozen=True)
-class NodeSettings:
-    """What a user asks for; every field is checked before anything is made."""
-
-    name: str
-    image: str
-    lab: str = "default"
-    cpus: int = 1
-    ram_mb: int = 256
-    disk_bus: DiskBus = DiskBus.VIRTIO
-    nics: int = 1
-    nic_model: NicModel = NicModel.VIRTIO
-    disk_size_mb: int | None = None  # only for an ISO image: the blank disk beside it
-    serial: bool = True
-    vnc: bool = True
-    extra_args: tuple[str, ...] = ()
-    kind: str = ""
-    management: dict = field(default_factory=dict)  # user-mode NICs: see NodeRecord
-    position: tuple[float, float] | None = None
-
-    def checked(self) -> NodeSettings:
-        validate_name(self.name)
-        if not 1 <= self.cpus <= 64:
-            raise InvalidRequest(f"cpus must be between 1 and 64, not {self.cpus}")
-        if not 16 <= self.ram_mb <= 1 << 20:
-            raise InvalidRequest(f"ram_mb must be between 16 and 1048576, not {self.ram_mb}")
-        if not 0 <= self.nics <= 32:
-            raise InvalidRequest(f"nics must be between 0 and 32, not {self.nics}")
-        return replace(self, extra_args=check_extra_args(self.extra_args))
 
 
 @dataclass
@@ -155,19 +120,11 @@ class NodeService:
         image = self.images.get(record.image)
         path = self.images.store.absolute(image.path)
         cdrom = path if image.kind == ImageKind.CDROM else None
-        model = NicModel(record.nic_model)
-        nat = record.management.get("nat", {})
-        nics = [
-            NicSpec(i, model, stable_mac(record.id, i), user=_user_net(nat.get(str(i))))
-            for i in range(record.nics)
-        ]
-        if "mgmt" in record.management:
-            mgmt = _user_net(record.management["mgmt"])
-            nics.append(NicSpec(record.nics, model, stable_mac(record.id, record.nics), user=mgmt))
+        nics = nic_specs(record)
         return NodeSpec(
             id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
             accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,
-            disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=tuple(nics), serial=record.serial,
+            disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
             vnc=record.vnc, uuid=str(uuid.uuid5(_UUID_NAMESPACE, record.id)),
             extra_args=record.extra_args,
         )  # fmt: skip
@@ -396,10 +353,3 @@ class NodeService:
                     await self.stop(record.id)
         await self.consoles.close_all()
         await self.driver.close()
-
-
-def _user_net(raw: dict | None) -> UserNet | None:
-    if raw is None:
-        return None
-    forwards = tuple(Forward(str(p), int(h), int(g)) for p, h, g in raw.get("forwards", []))
-    return UserNet(forwards=forwards, restrict=bool(raw.get("restrict", True)))
