@@ -16,12 +16,33 @@ import psutil
 
 from bench.common import CLIENTS, DEFAULT_CLIENT, GiB, MiB, server_env
 from bench.import_vmdk import bench_import
+from bench.nodes import bench_nodes
 from bench.upload import bench_upload
 
-# (virtual size, data in it) of the VMDK, and the upload's size: full, then --quick.
+# (virtual size, data in it) of the VMDK, the upload's size, the small and big node bases and
+# how many nodes start at once: full, then --quick.
 SIZES = {
-    False: {"vmdk": (2 * GiB, 1 * GiB), "upload": 4 * GiB},
-    True: {"vmdk": (64 * MiB, 32 * MiB), "upload": 128 * MiB},
+    False: {
+        "vmdk": (2 * GiB, 1 * GiB),
+        "upload": 4 * GiB,
+        "bases": (64 * MiB, 40 * GiB),
+        "nodes": 20,
+    },
+    True: {
+        "vmdk": (64 * MiB, 32 * MiB),
+        "upload": 128 * MiB,
+        "bases": (8 * MiB, 40 * GiB),
+        "nodes": 2,
+    },
+}
+# --only: a benchmark, or "nodes" for the three node benchmarks (they share one server).
+ONLY = {
+    "import": (),
+    "upload": (),
+    "nodes": ("start", "overlay", "many"),
+    "node-start": ("start",),
+    "overlay": ("overlay",),
+    "many-nodes": ("many",),
 }
 
 
@@ -35,6 +56,9 @@ def machine(workdir: Path) -> str:
         platform.processor(),
     )
     qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True, check=False)
+    system = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+    )
     disk = shutil.disk_usage(workdir)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return "\n".join(
@@ -44,6 +68,7 @@ def machine(workdir: Path) -> str:
             f"memory    : {psutil.virtual_memory().total / GiB:.1f} GiB",
             f"disk      : {workdir} ({disk.free / GiB:.0f} GiB free of {disk.total / GiB:.0f})",
             f"qemu-img  : {qemu.stdout.splitlines()[0] if qemu.stdout else 'not found'}",
+            f"qemu      : {system.stdout.splitlines()[0] if system.stdout else 'not found'}",
             f"python    : {platform.python_version()} ({sys.executable})",
             f"load avg  : {load}",
         ]
@@ -54,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--runs", type=int, default=None, help="runs per side [3; 1 if --quick]")
-    parser.add_argument("--only", choices=("import", "upload"), help="run just one benchmark")
+    parser.add_argument("--only", choices=tuple(ONLY), help="run just one benchmark")
+    parser.add_argument(
+        "--nodes", type=int, default=None, help="nodes started at once [20; 2 if --quick]"
+    )
     parser.add_argument("--client", choices=sorted(CLIENTS), default=DEFAULT_CLIENT)
     parser.add_argument(
         "--workdir",
@@ -92,8 +120,25 @@ def main(argv: list[str] | None = None) -> int:
                 work / "upload", size=sizes["upload"], runs=runs, client=args.client, server_env=env
             )
             print("\n" + upload.report(), flush=True)
-        print(f"\nload avg  : {', '.join(f'{x:.2f}' for x in os.getloadavg())} (at the end)")
+        if args.only is None or ONLY[args.only]:
+            small, big = sizes["bases"]
+            print(f"\nload avg  : {_load()} (before the node benchmarks)", flush=True)
+            bench_nodes(
+                work / "nodes",
+                runs=runs,
+                small_size=small,
+                big_size=big,
+                count=args.nodes or sizes["nodes"],
+                which=ONLY[args.only or "nodes"],
+                server_env=env,
+                report=True,
+            )
+        print(f"\nload avg  : {_load()} (at the end)")
     return 0
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
