@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from support.bootdisk import boot_disk
 from support.server import Server
 
 
@@ -33,5 +34,20 @@ def make_server(tmp_path: Path) -> Iterator:
 
     yield make
     for srv in started:
+        srv.kill_nodes()
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def booted_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    """A server of the module's own with the tiny boot disk imported, and that image's name.
+    Every node's QEMU is killed when the module is done."""
+    srv = Server(tmp_path_factory.mktemp("data")).start()
+    raw = boot_disk(tmp_path_factory)
+    try:
+        with srv.client() as client:
+            image = client.put("/api/images/boot.img", content=raw.read_bytes()).json()["name"]
+        yield srv, image
+    finally:
         srv.kill_nodes()
         srv.stop()

@@ -8,13 +8,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from support.bootdisk import boot_disk
 from support.console import SerialShell
 from support.server import Server
 
@@ -23,16 +21,8 @@ VIRTLAB = str(Path(sys.executable).with_name("virtlab"))
 
 
 @pytest.fixture(scope="module")
-def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
-    server = Server(tmp_path_factory.mktemp("data")).start()
-    raw = boot_disk(tmp_path_factory)
-    try:
-        with server.client() as client:
-            image = client.put("/api/images/boot.img", content=raw.read_bytes()).json()["name"]
-        yield server, image
-    finally:
-        server.kill_nodes()
-        server.stop()
+def lab_server(booted_server: tuple[Server, str]) -> tuple[Server, str]:
+    return booted_server
 
 
 def cli(server: Server, *args: str) -> subprocess.CompletedProcess:

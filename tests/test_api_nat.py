@@ -4,27 +4,17 @@ restrict=on (no guest traffic leaves this machine: no DNS, no routing through th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.bootdisk import boot_disk
 from support.console import SerialShell
 from support.server import Server, free_port
 
 
 @pytest.fixture(scope="module")
-def nat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
-    server = Server(tmp_path_factory.mktemp("data")).start()
-    raw = boot_disk(tmp_path_factory)
-    try:
-        with server.client() as client:
-            image = client.put("/api/images/boot.img", content=raw.read_bytes()).json()["name"]
-        yield server, image
-    finally:
-        server.kill_nodes()
-        server.stop()
+def nat_server(booted_server: tuple[Server, str]) -> tuple[Server, str]:
+    return booted_server
 
 
 async def _serve_once(shell: SerialShell, iface: str, text: str) -> None:

@@ -16,14 +16,12 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from support.bootdisk import boot_disk
 from support.qimg import info
 from support.rfb import Rfb, assert_not_blank
 from support.server import Server
@@ -33,17 +31,8 @@ MARKER = BOOT_MARKER.encode()
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
-    """A server with the boot disk imported; every node is killed at the end."""
-    server = Server(tmp_path_factory.mktemp("data")).start()
-    raw = boot_disk(tmp_path_factory)
-    try:
-        with server.client() as client:
-            image = client.put("/api/images/boot.img", content=raw.read_bytes()).json()["name"]
-        yield server, image
-    finally:
-        server.kill_nodes()
-        server.stop()
+def lab(booted_server: tuple[Server, str]) -> tuple[Server, str]:
+    return booted_server
 
 
 def _create(client: httpx.Client, image: str, name: str, **extra: object) -> dict:
