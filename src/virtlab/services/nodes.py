@@ -125,6 +125,7 @@ class NodeService:
             id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
             accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,
             disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
+            start_paused=True,
             vnc=record.vnc, uuid=str(uuid.uuid5(_UUID_NAMESPACE, record.id)),
             extra_args=record.extra_args,
         )  # fmt: skip
@@ -244,15 +245,22 @@ class NodeService:
                 raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
             self._set(record.id, NodeState.STARTING, "")
             try:
+                # QEMU starts with its vCPUs halted (-S): the console hub connects and the
+                # links are set before the guest prints its first byte or sends its first frame.
                 await self.driver.start(spec)
             except BaseException as exc:
                 self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
                 raise
-            await self.consoles.open(record, spec)
-            running = self._set(record.id, NodeState.RUNNING)
-            if self.after_start is not None:
-                await self.after_start(running)
-            return running
+            try:
+                await self.consoles.open(record, spec)
+                if self.after_start is not None:
+                    await self.after_start(record)
+                await self.driver.resume(record.id)
+            except BaseException as exc:
+                await self.driver.kill(record.id)
+                self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
+                raise
+            return self._set(record.id, NodeState.RUNNING)
 
     async def stop(self, ref: str, timeout: float | None = None) -> NodeRecord:
         record = self.get(ref)

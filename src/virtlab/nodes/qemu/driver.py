@@ -106,7 +106,7 @@ class QemuDriver(NodeDriver):
                 await monitor.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), delay)
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, 0.025)
 
     def _track(self, machine: _Machine) -> None:
         self._machines[machine.spec.id] = machine
@@ -201,7 +201,8 @@ class QemuDriver(NodeDriver):
             await monitor.close()
             process.forget()
             return None
-        machine = _Machine(spec, process, monitor, suspended=status == "paused")
+        # "prelaunch": the server died between starting QEMU (-S) and letting it run.
+        machine = _Machine(spec, process, monitor, suspended=status in ("paused", "prelaunch"))
         self._track(machine)
         return NodeState.SUSPENDED if machine.suspended else NodeState.RUNNING
 
