@@ -12,7 +12,8 @@ boots it under the accelerator the server picked (TCG on these machines), with `
     then the serial WebSocket ``/api/nodes/{id}/console/serial`` until its first byte (the
     hub keeps a scrollback, so a byte written before the socket connected is not lost).
     bare: the same ``qemu-system-x86_64`` argv, read from ``/proc/<pid>/cmdline`` of a node's
-    QEMU (pid from DATA/nodes/<id>/qemu.pid) with the node's directory replaced by a scratch
+    QEMU (pid from DATA/nodes/<id>/qemu.pid) less ``-S`` (virtlab starts nodes halted until
+    their console hub listens, then sends ``cont``), with the node's directory replaced by a scratch
     directory: ``qemu-img create -f qcow2 -b BASE -F qcow2 scratch/disk.qcow2``, QEMU in its
     own session, then its serial unix socket (polled every millisecond until it accepts)
     until the first byte. One untimed warm-up run of each side comes first; then best of
@@ -295,6 +296,9 @@ def run_virtlab_start(lab: Lab) -> tuple[VirtlabStart, list[str], Path, bytes]:
     try:
         pid = lab.qemu_pid(node["id"])
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        # virtlab starts nodes halted (-S) and lets them run once the console hub listens;
+        # the bare run has nobody to say `cont`, so it runs from the start.
+        argv = [a for a in argv if a != "-S"]
     finally:
         lab.dispose(node["id"])
     lab.warmed = True
