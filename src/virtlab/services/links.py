@@ -8,6 +8,7 @@ more it goes back to direct. Changes to wiring are serialised by one lock; nodes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import time
@@ -64,6 +65,7 @@ class LinkService:
         self.events = events
         self._relays: dict[str, Relay] = {}
         self._streams: Counter[str] = Counter()
+        self._releases: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
         nodes.after_start = self._node_started
         nodes.before_delete = self._node_deleting
@@ -219,9 +221,18 @@ class LinkService:
                 yield chunk
         finally:
             subscription.close()
-            async with self._lock:
-                self._streams[link.id] -= 1
-                await self._settle(self.get(link.id))
+            # The server cancels this generator when the reader leaves, and keeps cancelling
+            # every await in it: the release runs as a task of its own, shielded.
+            release = asyncio.ensure_future(self._stream_ended(link.id))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+            await asyncio.shield(release)
+
+    async def _stream_ended(self, link_id: str) -> None:
+        async with self._lock:
+            self._streams[link_id] -= 1
+            with contextlib.suppress(NotFound):  # the link was removed meanwhile
+                await self._settle(self.get(link_id))
 
     # -- wiring -------------------------------------------------------------------------------
 
