@@ -16,23 +16,31 @@ import psutil
 
 from bench.common import CLIENTS, DEFAULT_CLIENT, GiB, MiB, server_env
 from bench.import_vmdk import bench_import
+from bench.labs import bench_labs
 from bench.nodes import bench_nodes
 from bench.upload import bench_upload
 
-# (virtual size, data in it) of the VMDK, the upload's size, the small and big node bases and
-# how many nodes start at once: full, then --quick.
+# (virtual size, data in it) of the VMDK, the upload's size, the small and big node bases,
+# how many nodes start at once, the ring's nodes, MiB per guest transfer and frames per relay
+# blast: full, then --quick.
 SIZES = {
     False: {
         "vmdk": (2 * GiB, 1 * GiB),
         "upload": 4 * GiB,
         "bases": (64 * MiB, 40 * GiB),
         "nodes": 20,
+        "ring": 10,
+        "transfer": 64 * MiB,
+        "blast": 200_000,
     },
     True: {
         "vmdk": (64 * MiB, 32 * MiB),
         "upload": 128 * MiB,
         "bases": (8 * MiB, 40 * GiB),
         "nodes": 2,
+        "ring": 2,
+        "transfer": 4 * MiB,
+        "blast": 5_000,
     },
 }
 # --only: a benchmark, or "nodes" for the three node benchmarks (they share one server).
@@ -43,6 +51,12 @@ ONLY = {
     "node-start": ("start",),
     "overlay": ("overlay",),
     "many-nodes": ("many",),
+}
+# --only: the lab benchmarks (one server for deploy and throughput; the blast needs none).
+LABS = {
+    "labs": ("deploy", "throughput", "blast"),
+    "lab-deploy": ("deploy",),
+    "link-throughput": ("throughput", "blast"),
 }
 
 
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--runs", type=int, default=None, help="runs per side [3; 1 if --quick]")
-    parser.add_argument("--only", choices=tuple(ONLY), help="run just one benchmark")
+    parser.add_argument("--only", choices=(*ONLY, *LABS), help="run just one benchmark")
     parser.add_argument(
         "--nodes", type=int, default=None, help="nodes started at once [20; 2 if --quick]"
     )
@@ -120,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 work / "upload", size=sizes["upload"], runs=runs, client=args.client, server_env=env
             )
             print("\n" + upload.report(), flush=True)
-        if args.only is None or ONLY[args.only]:
+        if args.only is None or ONLY.get(args.only):
             small, big = sizes["bases"]
             print(f"\nload avg  : {_load()} (before the node benchmarks)", flush=True)
             bench_nodes(
@@ -130,6 +144,18 @@ def main(argv: list[str] | None = None) -> int:
                 big_size=big,
                 count=args.nodes or sizes["nodes"],
                 which=ONLY[args.only or "nodes"],
+                server_env=env,
+                report=True,
+            )
+        if args.only is None or args.only in LABS:
+            print(f"\nload avg  : {_load()} (before the lab benchmarks)", flush=True)
+            bench_labs(
+                work / "labs",
+                count=sizes["ring"],
+                runs=runs,
+                size=sizes["transfer"],
+                blast_frames=sizes["blast"],
+                which=LABS[args.only or "labs"],
                 server_env=env,
                 report=True,
             )
