@@ -45,8 +45,10 @@ def lab_archive(
     ] = False,
     url: UrlOpt = None,
 ) -> None:
-    """Save a lab (nodes stopped) with its node disks, and with --images its base images, to
-    one tar file that `virtlab lab import` makes into the same lab on another server."""
+    """Save a lab and its node disks (with --images, its base images too) to one tar file.
+
+    The lab's nodes must be stopped; `virtlab lab import` makes the file into the same lab on
+    another server."""
     client = Client(url, timeout=None)  # type: ignore[arg-type]
     part = output.with_name(f".{output.name}.part")
     path = f"/api/labs/{quote(name, safe='')}/archive"
@@ -74,8 +76,9 @@ def lab_import(
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Make a lab from a lab archive: nodes stopped, base images found here by sha256 or
-    imported from the archive."""
+    """Make a lab from a lab archive, its nodes stopped.
+
+    Base images are found here by sha256, or imported from the archive when it holds them."""
     client = Client(url, timeout=None)  # type: ignore[arg-type]
     total = file.stat().st_size
     with _progress(err.is_terminal and not as_json) as progress:

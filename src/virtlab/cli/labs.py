@@ -214,6 +214,7 @@ def link_capture(
     url: UrlOpt = None,
 ) -> None:
     """Capture a link's frames to pcap; `download` saves the newest capture (tshark, Wireshark).
+
     For a live view: curl -N URL/api/links/ID/capture/stream | wireshark -k -i -"""
     path = f"/api/links/{quote(link_id, safe='')}/capture"
     if action in ("start", "stop"):
