@@ -27,6 +27,7 @@ from virtlab.images.qemu_img import QemuImg
 from virtlab.images.receive import Received
 from virtlab.images.store import ImageStore, Staging, safe_stem
 from virtlab.images.unpack import Payload, unwrap
+from virtlab.images.writeback import Writeback, fsync_file
 
 __all__ = ["ImportLimits", "Importer", "sha256_file"]
 
@@ -108,10 +109,11 @@ class Importer:
         job.enter(Stage.CONVERT)
         out = staging.file(f"{payload.path.name}.qcow2")
         try:
-            self.qemu_img.convert(
-                payload.path, inspection.format.qemu_driver, out,
-                lambda percent: self._converting(job, percent), label=payload.label,
-            )  # fmt: skip
+            with Writeback(out):  # the result goes to the disk while it is made
+                self.qemu_img.convert(
+                    payload.path, inspection.format.qemu_driver, out,
+                    lambda percent: self._converting(job, percent), label=payload.label,
+                )  # fmt: skip
         except ToolFailure as exc:
             raise CorruptImage(
                 f"{payload.label} ({inspection.format.value}) could not be converted: "
@@ -119,11 +121,14 @@ class Importer:
             ) from exc
         self._fault("after_convert")
         job.enter(Stage.VERIFY)
-        # Hash and flush the result on another core while qemu-img checks and compares it.
-        with ThreadPoolExecutor(1, "virtlab-digest") as pool:
-            digest = pool.submit(_digest_and_sync, out)
+        # Hash the result, and wait for the rest of it to reach the disk, while qemu-img checks
+        # and compares it.
+        with ThreadPoolExecutor(2, "virtlab-digest") as pool:
+            digest = pool.submit(sha256_file, out)
+            synced = pool.submit(fsync_file, out)
             virtual_size = self.verify_conversion(payload.path, inspection, out, payload.label)
-            digest.result()  # its errors (a full disk on fsync) surface here
+            synced.result()  # its errors (a full disk) surface here
+            digest.result()
         return _Prepared(out, payload, inspection, True, virtual_size, digest)
 
     def examine(self, path: Path, label: str, inspection: Inspection) -> bool:
@@ -259,16 +264,6 @@ class Importer:
         """Die here as a power cut would, when the crash-safety tests ask for it."""
         if self.fault_point == point:
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _digest_and_sync(path: Path) -> str:
-    digest = sha256_file(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return digest
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
