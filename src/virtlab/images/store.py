@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtlab.images.writeback import fsync_dir, fsync_file
+
 __all__ = ["ImageStore", "Staging", "safe_stem"]
 
 _INTENT = "publish.json"
@@ -120,17 +122,17 @@ class ImageStore:
         """Durably note, before any of them moves, which files this staging will publish."""
         intent = staging.file(_INTENT)
         intent.write_text(json.dumps({"targets": relatives}))
-        _fsync_file(intent)
-        _fsync_dir(staging.path)
+        fsync_file(intent)
+        fsync_dir(staging.path)
 
     def move_into_place(self, source: Path, relative: str) -> Path:
         """Rename a finished file to ``images/relative`` (after :meth:`record_intent`)."""
         target = self.absolute(relative)
         if target.exists():
             raise FileExistsError(f"{target} already exists")
-        _fsync_file(source)
+        fsync_file(source)
         os.rename(source, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
 
     def begin_removal(self, relative: str) -> Staging:
@@ -142,12 +144,12 @@ class ImageStore:
         staging = self.new_staging()
         intent = staging.file(_INTENT)
         intent.write_text(json.dumps({"removing": relative}))
-        _fsync_file(intent)
-        _fsync_dir(staging.path)
+        fsync_file(intent)
+        fsync_dir(staging.path)
         source = self.absolute(relative)
         if source.exists():
             os.rename(source, staging.file("removed"))
-            _fsync_dir(source.parent)
+            fsync_dir(source.parent)
         return staging
 
     def restore(self, staging: Staging, relative: str) -> None:
@@ -188,19 +190,3 @@ class ImageStore:
                 entry.unlink(missing_ok=True)
             removed.append(f"staging/{entry.name}")
         return removed
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Writeback", "fsync_file"]
+__all__ = ["Writeback", "fsync_dir", "fsync_file"]
 
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -87,6 +87,15 @@ class Writeback:
 def fsync_file(path: Path) -> None:
     """Wait until ``path``'s data and metadata are on the disk."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Wait until the entries of directory ``path`` (a rename, a new file) are on the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
