@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from support.bootdisk import boot_disk
+from support.api_pair import api_pair
 from support.console import SerialShell
 from support.server import Server
 
@@ -29,20 +29,8 @@ _RECORD = struct.Struct("<IIII")
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict, dict]]:
-    server = Server(tmp_path_factory.mktemp("data")).start()
-    raw = boot_disk(tmp_path_factory)
-    try:
-        with server.client() as client:
-            image = client.put("/api/images/boot.img", content=raw.read_bytes()).json()["name"]
-            nodes = []
-            for name in ("s1", "s2"):
-                body = {"name": name, "image": image, "ram_mb": 128, "nics": 2, "vnc": False}
-                node = client.post("/api/nodes", json=body).json()
-                nodes.append(client.post(f"/api/nodes/{node['id']}/start").json())
-        yield server, nodes[0], nodes[1]
-    finally:
-        server.kill_nodes()
-        server.stop()
+    with api_pair(tmp_path_factory, ("s1", "s2"), vnc=False) as started:
+        yield started
 
 
 def _records(data: bytes) -> tuple[list[bytes], int]:

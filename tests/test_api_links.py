@@ -14,27 +14,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from support.bootdisk import boot_disk
+from support.api_pair import api_pair
 from support.console import SerialShell
 from support.server import Server
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict, dict]]:
-    server = Server(tmp_path_factory.mktemp("data")).start()
-    raw = boot_disk(tmp_path_factory)
-    try:
-        with server.client() as client:
-            image = client.put("/api/images/boot.img", content=raw.read_bytes()).json()["name"]
-            nodes = []
-            for name in ("r1", "r2"):
-                body = {"name": name, "image": image, "ram_mb": 128, "nics": 2}
-                node = client.post("/api/nodes", json=body).json()
-                nodes.append(client.post(f"/api/nodes/{node['id']}/start").json())
-        yield server, nodes[0], nodes[1]
-    finally:
-        server.kill_nodes()
-        server.stop()
+    with api_pair(tmp_path_factory, ("r1", "r2")) as started:
+        yield started
 
 
 def _ping_ok(output: str) -> bool:
