@@ -2,43 +2,46 @@
 
 The disk is a raw FAT image (no partition table) made without root or loop mounts:
 ``mkfs.fat`` on a file, files copied with ``mcopy``, ``syslinux --install`` for the boot
-sector. The kernel comes from Debian's ``linux-image-cloud-amd64`` dependency, fetched once
-with ``apt-get download`` and unpacked with ``dpkg -x``; the kernel and the few modules the
-guest needs are cached, so later builds run no apt at all and take well under a second.
-
-The initramfs (built here as a gzip'd newc cpio) holds busybox-static and an ``/init`` that
-loads the virtio (and other NIC) modules, brings up ``lo``, sets the hostname from
-``virtlab.hostname=`` on the kernel command line and hands over to busybox init, which runs a
-root shell on ttyS0 and tty1 (each prints :data:`BOOT_MARKER` first) and acpid, so the ACPI
-power button powers the guest off. The disk itself is never mounted by the guest, so it boots
-from IDE, SATA or virtio-blk alike. Same inputs give a byte-identical image.
+sector. The kernel and initramfs are :mod:`virtlab.devtools.guestkernel`'s. The disk itself is
+never mounted by the guest, so it boots from IDE, SATA or virtio-blk alike. Same inputs give a
+byte-identical image.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import json
-import lzma
 import os
-import re
 import shutil
-import stat
-import struct
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from virtlab._util.proc import run
-from virtlab.errors import ToolFailure, VirtlabError
+from virtlab.devtools.guestkernel import (
+    BOOT_MARKER,
+    CMDLINE,
+    DEFAULT_HOSTNAME,
+    EPOCH,
+    OPTIONAL_MODULES,
+    REQUIRED_MODULES,
+    Kernel,
+    boot_config,
+    build_initramfs,
+    check_hostname,
+    default_cache_dir,
+    get_kernel,
+    is_static_elf,
+    run_tool,
+)
+from virtlab.devtools.guestkernel import which as _which
+from virtlab.errors import VirtlabError
 
 __all__ = [
     "BOOT_MARKER",
+    "CMDLINE",
     "DEFAULT_HOSTNAME",
+    "OPTIONAL_MODULES",
+    "REQUIRED_MODULES",
     "Kernel",
     "MissingTools",
     "build_boot_disk",
@@ -48,21 +51,7 @@ __all__ = [
     "get_kernel",
 ]
 
-BOOT_MARKER = "VIRTLAB-BOOT-OK"
-DEFAULT_HOSTNAME = "virtlab-guest"
-KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
-# no_timer_check: a guest starved of CPU under TCG (many nodes on two cores) can fail the
-# kernel's IO-APIC timer check and panic; the check guards against broken hardware we never have.
-CMDLINE = "console=ttyS0,115200 console=tty0 quiet no_timer_check"
 
-# Loaded in dependency order (deps first); optional ones are skipped when the kernel lacks them
-# (the cloud kernel has no e1000 or 8139) or has them built in (af_packet).
-REQUIRED_MODULES = ("virtio_ring", "virtio", "virtio_pci", "virtio_blk", "virtio_net")
-# evdev gives acpid /dev/input/event*, button is the ACPI power button.
-OPTIONAL_MODULES = ("virtio_console", "vmxnet3", "e1000", "e1000e", "8139cp", "8139too")
-OPTIONAL_MODULES += ("af_packet", "evdev", "button")
-_LAYOUT = 1  # bump when the cached kernel layout changes
-_EPOCH = 315532800  # 1980-01-01, the earliest FAT time: fixed file times for a stable image
 _VOLUME_ID = "5649524c"
 
 _PACKAGES = {  # Debian package -> what of it we use
@@ -71,10 +60,6 @@ _PACKAGES = {  # Debian package -> what of it we use
     "mtools": "mcopy",
     "syslinux": "syslinux",
 }
-_SBIN_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-)
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 
 
 class MissingTools(VirtlabError):
@@ -89,274 +74,17 @@ class MissingTools(VirtlabError):
         self.packages = tuple(packages)
 
 
-def _which(tool: str) -> str | None:
-    return shutil.which(tool, path=_SBIN_PATH)
-
-
-def _is_static_elf(path: Path) -> bool:
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2:
-        return False
-    phoff = int.from_bytes(data[0x20:0x28], "little")
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    types = (struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum))
-    return 3 not in types  # no PT_INTERP: statically linked
-
-
 def ensure_tools() -> None:
     """Raise :class:`MissingTools` naming the Debian packages whose tools are not on this host."""
     missing = [pkg for pkg, tool in _PACKAGES.items() if _which(tool) is None]
     busybox = _which("busybox")
-    if busybox and not _is_static_elf(Path(busybox)) and "busybox-static" not in missing:
+    if busybox and not is_static_elf(Path(busybox)) and "busybox-static" not in missing:
         missing.append("busybox-static")
     if missing:
         raise MissingTools(sorted(missing))
 
 
-def _check(argv: list[str], what: str, cwd: Path | None = None) -> str:
-    if cwd is not None:  # proc.run has no cwd: tools here take absolute paths instead
-        argv = ["sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *argv]
-    done = run(argv, timeout=600)
-    if done.returncode != 0:
-        raise ToolFailure(
-            f"{what} failed (exit {done.returncode}): {done.stderr_tail or done.stdout[-400:]}",
-            argv=argv,
-            returncode=done.returncode,
-            stderr=done.stderr,
-        )
-    return done.stdout
-
-
-# --- kernel: download once, keep vmlinuz and the modules we need ---------------------------
-
-
-@dataclass(frozen=True)
-class Kernel:
-    release: str  # e.g. "6.1.0-56-cloud-amd64"
-    package: str  # the .deb it came from
-    vmlinuz: Path
-    modules: tuple[Path, ...]  # uncompressed .ko files in load order
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "virtlab" / "bootdisk"
-
-
-def _download_kernel_deb(debs: Path) -> Path:
-    if not all(map(_which, ("apt-cache", "apt-get", "dpkg"))):
-        raise ToolFailure(
-            f"the boot disk kernel is not cached in {debs.parent} and this host has no "
-            "apt-get/dpkg to fetch it; build once on a Debian host and copy that directory"
-        )
-    deps = _check(["apt-cache", "depends", KERNEL_META_PACKAGE], "apt-cache depends")
-    found = re.search(r"Depends:\s*(linux-image-\S+-cloud-amd64)\b", deps)
-    if not found:
-        raise ToolFailure(f"{KERNEL_META_PACKAGE} names no kernel; run `apt-get update` first")
-    debs.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=debs, prefix=".dl-") as tmp:
-        _check(["apt-get", "download", found.group(1)], "apt-get download", cwd=Path(tmp))
-        (deb,) = Path(tmp).glob("*.deb")
-        os.replace(deb, debs / deb.name)
-        return debs / deb.name
-
-
-def _modinfo_depends(ko: bytes, name: str) -> list[str]:
-    """The ``depends=`` field of a module's ``.modinfo`` ELF section."""
-    if ko[:4] != b"\x7fELF" or ko[4] != 2:
-        raise ToolFailure(f"kernel module {name} is not a 64-bit ELF file")
-    shoff = int.from_bytes(ko[0x28:0x30], "little")
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ko, 0x3A)
-
-    def section(i: int) -> tuple[int, int, int]:
-        sh_name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", ko, shoff + i * shentsize)
-        return sh_name, offset, size
-
-    strtab = section(shstrndx)[1]
-    for i in range(shnum):
-        sh_name, offset, size = section(i)
-        if ko[strtab + sh_name : ko.index(b"\0", strtab + sh_name)] == b".modinfo":
-            for field in ko[offset : offset + size].split(b"\0"):
-                if field.startswith(b"depends="):
-                    return [d for d in field[8:].decode().split(",") if d]
-            return []
-    raise ToolFailure(f"kernel module {name} has no .modinfo section")
-
-
-def _decompress(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.suffix == ".xz":
-        return lzma.decompress(data)
-    if path.suffix == ".gz":
-        return gzip.decompress(data)
-    if path.suffix == ".zst":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    return data
-
-
-def _module_name(path: Path) -> str:
-    return path.name.split(".ko")[0].replace("-", "_")
-
-
-def _unpack_kernel(deb: Path, dest: Path) -> None:
-    """Unpack ``deb`` into a scratch dir and keep vmlinuz + the wanted modules at ``dest``."""
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".unpack-") as tmp:
-        root = Path(tmp) / "root"
-        _check(["dpkg", "-x", str(deb), str(root)], "dpkg -x")
-        (moddir,) = (root / "lib" / "modules").iterdir()
-        (vmlinuz,) = (root / "boot").glob("vmlinuz-*")
-        files = {_module_name(p): p for p in moddir.rglob("*.ko*")}
-        builtin_file = moddir / "modules.builtin"
-        builtin_text = builtin_file.read_text() if builtin_file.exists() else ""
-        builtin = {_module_name(Path(line)) for line in builtin_text.split()}
-        order: list[str] = []
-        blobs: dict[str, bytes] = {}
-
-        def visit(name: str, required: bool) -> None:
-            if name in blobs or name in builtin:
-                return
-            if name not in files:
-                if required:
-                    raise ToolFailure(f"kernel {moddir.name} has no module {name}")
-                return
-            blobs[name] = _decompress(files[name])
-            for dep in _modinfo_depends(blobs[name], name):
-                visit(dep, True)
-            order.append(name)
-
-        for name in REQUIRED_MODULES:
-            visit(name, True)
-        for name in OPTIONAL_MODULES:
-            visit(name, False)
-        out = Path(tmp) / "kernel"
-        (out / "modules").mkdir(parents=True)
-        shutil.copyfile(vmlinuz, out / "vmlinuz")
-        for name in order:
-            (out / "modules" / f"{name}.ko").write_bytes(blobs[name])
-        manifest = {"release": moddir.name, "package": deb.name, "modules": order}
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        try:
-            out.rename(dest)
-        except OSError:  # another build got there first
-            if not (dest / "manifest.json").exists():
-                raise
-
-
-def get_kernel(cache_dir: Path | None = None) -> Kernel:
-    """The cached kernel and modules; downloads and unpacks them the first time only."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    debs = cache / "debs"
-    found = sorted(debs.glob("linux-image-*.deb"), key=lambda p: p.stat().st_mtime)
-    deb = found[-1] if found else _download_kernel_deb(debs)
-    key = hashlib.sha256(repr((_LAYOUT, REQUIRED_MODULES, OPTIONAL_MODULES)).encode())
-    dest = cache / f"kernel-{deb.stem}-{key.hexdigest()[:10]}"
-    if not (dest / "manifest.json").exists():
-        _unpack_kernel(deb, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    return Kernel(
-        release=manifest["release"],
-        package=manifest["package"],
-        vmlinuz=dest / "vmlinuz",
-        modules=tuple(dest / "modules" / f"{m}.ko" for m in manifest["modules"]),
-    )
-
-
-# --- initramfs -----------------------------------------------------------------------------
-
-
-class _Cpio:
-    """A newc ("070701") cpio archive, written with fixed owners and times."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._ino = 0
-
-    def _add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)):
-        self._ino += 1
-        encoded = name.encode() + b"\0"
-        nlink = 2 if stat.S_ISDIR(mode) else 1
-        fields = (self._ino, mode, 0, 0, nlink, _EPOCH, len(data), 0, 0, *rdev, len(encoded), 0)
-        header = b"070701" + b"".join(b"%08x" % f for f in fields) + encoded
-        self._parts += [header, b"\0" * (-len(header) % 4), data, b"\0" * (-len(data) % 4)]
-
-    def directory(self, name: str) -> None:
-        self._add(name, stat.S_IFDIR | 0o755)
-
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        self._add(name, stat.S_IFREG | mode, data)
-
-    def symlink(self, name: str, target: str) -> None:
-        self._add(name, stat.S_IFLNK | 0o777, target.encode())
-
-    def chardev(self, name: str, major: int, minor: int) -> None:
-        self._add(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
-
-    def finish(self) -> bytes:
-        self._ino = -1
-        self._add("TRAILER!!!", 0)
-        return b"".join(self._parts)
-
-
-_INITTAB = """\
-ttyS0::respawn:/etc/virtlab/shell
-tty1::respawn:/etc/virtlab/shell
-::once:/sbin/acpid
-::ctrlaltdel:/sbin/reboot
-"""
-_SHELL = f"""\
-#!/bin/sh
-# Started by init on ttyS0 and tty1: the tty is open now, so typed input is kept.
-echo "virtlab guest $(hostname) ready"
-echo "{BOOT_MARKER}"
-exec /bin/sh -l
-"""
-_PROFILE = """\
-export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root TERM=${TERM:-linux}
-export PS1='\\h:\\w# '
-cd /root
-"""
-
-
-def _init_script() -> bytes:
-    template = resources.files("virtlab.devtools").joinpath("bootdisk_init.sh").read_text()
-    text = template.replace("@DEFAULT_HOSTNAME@", DEFAULT_HOSTNAME)
-    return text.replace("@BOOT_MARKER@", BOOT_MARKER).encode()
-
-
-def build_initramfs(kernel: Kernel, busybox: Path) -> bytes:
-    """The gzip'd newc initramfs: busybox, /init, the modules and a few /etc files."""
-    cpio = _Cpio()
-    dirs = "bin dev etc etc/acpi etc/acpi/PWRF etc/virtlab lib lib/modules proc root sbin sys"
-    for d in f"{dirs} tmp usr usr/bin usr/sbin var var/log var/run".split():  # acpid: var/*
-        cpio.directory(d)
-    cpio.chardev("dev/console", 5, 1)
-    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
-    cpio.symlink("bin/sh", "busybox")
-    cpio.file("init", _init_script(), 0o755)
-    cpio.file("etc/inittab", _INITTAB.encode())
-    cpio.file("etc/profile", _PROFILE.encode())
-    cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
-    cpio.file("etc/group", b"root:x:0:\n")
-    cpio.file("etc/virtlab/shell", _SHELL.encode(), 0o755)
-    cpio.file("etc/acpi/PWRF/00000080", b"#!/bin/sh\npoweroff -f\n", 0o755)
-    names = [ko.name for ko in kernel.modules]
-    cpio.file("etc/virtlab/modules", "".join(f"{n}\n" for n in names).encode())
-    for ko in kernel.modules:
-        cpio.file(f"lib/modules/{ko.name}", ko.read_bytes())
-    return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
-
-
 # --- the disk ------------------------------------------------------------------------------
-
-
-def _syslinux_cfg(hostname: str | None) -> bytes:
-    append = CMDLINE + (f" virtlab.hostname={hostname}" if hostname else "")
-    return (
-        "SERIAL 0 115200\nDEFAULT virtlab\nPROMPT 0\nTIMEOUT 0\n"
-        f"LABEL virtlab\n  LINUX /vmlinuz\n  INITRD /initrd.gz\n  APPEND {append}\n"
-    ).encode()
 
 
 def build_boot_disk(
@@ -371,8 +99,7 @@ def build_boot_disk(
     ``hostname`` (default: none, so the guest calls itself ``virtlab-guest``) is put on the
     kernel command line as ``virtlab.hostname=``.
     """
-    if hostname is not None and not _HOSTNAME_RE.match(hostname):
-        raise ValueError(f"invalid hostname {hostname!r}")
+    check_hostname(hostname)
     ensure_tools()
     out = Path(out)
     kernel = get_kernel(cache_dir)
@@ -387,17 +114,17 @@ def build_boot_disk(
         files = [staging / "vmlinuz", staging / "initrd.gz", staging / "syslinux.cfg"]
         shutil.copyfile(kernel.vmlinuz, files[0])
         files[1].write_bytes(initrd)
-        files[2].write_bytes(_syslinux_cfg(hostname))
+        files[2].write_bytes(boot_config(hostname))
         for f in files:
-            os.utime(f, (_EPOCH, _EPOCH))
+            os.utime(f, (EPOCH, EPOCH))
         with image.open("wb") as f:
             f.truncate(size_mib << 20)
         mkfs = _which("mkfs.fat") or "mkfs.fat"
-        _check([mkfs, "--invariant", "-i", _VOLUME_ID, "-n", "VIRTLAB", str(image)], "mkfs.fat")
-        # mtools (which syslinux runs too) stamps files with SOURCE_DATE_EPOCH when set.
-        env = ["env", "MTOOLS_SKIP_CHECK=1", f"SOURCE_DATE_EPOCH={_EPOCH}"]
-        _check([*env, "mcopy", "-m", "-i", str(image), *map(str, files), "::/"], "mcopy")
-        _check([*env, "syslinux", "--install", str(image)], "syslinux --install")
+        run_tool([mkfs, "--invariant", "-i", _VOLUME_ID, "-n", "VIRTLAB", str(image)], "mkfs.fat")
+        # mtools (which syslinux runs too) stamps files with SOURCE_DATEEPOCH when set.
+        env = ["env", "MTOOLS_SKIP_CHECK=1", f"SOURCE_DATEEPOCH={EPOCH}"]
+        run_tool([*env, "mcopy", "-m", "-i", str(image), *map(str, files), "::/"], "mcopy")
+        run_tool([*env, "syslinux", "--install", str(image)], "syslinux --install")
         os.replace(image, out)
     return out
 

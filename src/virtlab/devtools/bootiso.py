@@ -1,9 +1,9 @@
 """A tiny bootable ISO 9660 image (El Torito, isolinux): the boot disk's kernel and busybox.
 
-The same kernel, initramfs and kernel command line as :mod:`virtlab.devtools.bootdisk`, laid
+The kernel, initramfs and kernel command line of :mod:`virtlab.devtools.guestkernel`, laid
 out as ``/isolinux/{isolinux.bin,ldlinux.c32,isolinux.cfg}``, ``/vmlinuz`` and ``/initrd.gz``
 and made into a "no emulation" El Torito CD with ``xorriso -as mkisofs``. It is a plain ISO
-(no hybrid MBR), so it boots as a CD-ROM only. All dates are fixed (``SOURCE_DATE_EPOCH``,
+(no hybrid MBR), so it boots as a CD-ROM only. All dates are fixed (``SOURCE_DATEEPOCH``,
 ``--modification-date``, file times): same inputs give a byte-identical image.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -20,7 +19,13 @@ from pathlib import Path
 
 from virtlab._util.proc import run
 from virtlab.devtools import bootdisk
-from virtlab.devtools.bootdisk import CMDLINE, build_initramfs, get_kernel
+from virtlab.devtools.guestkernel import (
+    EPOCH,
+    boot_config,
+    build_initramfs,
+    check_hostname,
+    get_kernel,
+)
 from virtlab.errors import ToolFailure, VirtlabError
 
 __all__ = ["ISOLINUX_BIN", "LDLINUX_C32", "MissingTools", "build_boot_iso", "ensure_tools"]
@@ -28,9 +33,7 @@ __all__ = ["ISOLINUX_BIN", "LDLINUX_C32", "MissingTools", "build_boot_iso", "ens
 ISOLINUX_BIN = Path("/usr/lib/ISOLINUX/isolinux.bin")  # Debian package isolinux
 LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")  # syslinux-common
 VOLUME_ID = "VIRTLAB"
-_EPOCH = 315532800  # 1980-01-01 00:00:00 UTC, as the boot disk's file times
-_DATE = "1980010100000000"  # the same, as xorriso's YYYYMMDDhhmmsscc
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+_DATE = "1980010100000000"  # EPOCH, as xorriso's YYYYMMDDhhmmsscc
 
 
 def _which(tool: str) -> str | None:
@@ -62,20 +65,11 @@ def ensure_tools() -> None:
         raise MissingTools(sorted(missing))
 
 
-def _isolinux_cfg(hostname: str | None) -> bytes:
-    append = CMDLINE + (f" virtlab.hostname={hostname}" if hostname else "")
-    return (
-        "SERIAL 0 115200\nDEFAULT virtlab\nPROMPT 0\nTIMEOUT 0\n"
-        f"LABEL virtlab\n  LINUX /vmlinuz\n  INITRD /initrd.gz\n  APPEND {append}\n"
-    ).encode()
-
-
 def build_boot_iso(
     out: Path, *, cache_dir: Path | None = None, hostname: str | None = None
 ) -> Path:
     """Build a bootable ISO at ``out`` and return its path (``hostname`` as for the disk)."""
-    if hostname is not None and not _HOSTNAME_RE.match(hostname):
-        raise ValueError(f"invalid hostname {hostname!r}")
+    check_hostname(hostname)
     ensure_tools()
     out = Path(out)
     kernel = get_kernel(cache_dir)
@@ -86,14 +80,14 @@ def build_boot_iso(
         (root / "isolinux").mkdir(parents=True)
         shutil.copyfile(ISOLINUX_BIN, root / "isolinux" / "isolinux.bin")
         shutil.copyfile(LDLINUX_C32, root / "isolinux" / "ldlinux.c32")
-        (root / "isolinux" / "isolinux.cfg").write_bytes(_isolinux_cfg(hostname))
+        (root / "isolinux" / "isolinux.cfg").write_bytes(boot_config(hostname))
         shutil.copyfile(kernel.vmlinuz, root / "vmlinuz")
         (root / "initrd.gz").write_bytes(initrd)
         for path in [*root.rglob("*"), root]:
-            os.utime(path, (_EPOCH, _EPOCH))
+            os.utime(path, (EPOCH, EPOCH))
         image = Path(tmp) / "boot.iso"
         argv = [
-            "env", f"SOURCE_DATE_EPOCH={_EPOCH}", "xorriso", "-as", "mkisofs", "-quiet",
+            "env", f"SOURCE_DATEEPOCH={EPOCH}", "xorriso", "-as", "mkisofs", "-quiet",
             "-o", str(image), "-V", VOLUME_ID, "-r", "-J",
             f"--modification-date={_DATE}", "--set_all_file_dates", _DATE,
             "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
