@@ -19,7 +19,7 @@ $(STAMP)/venv: pyproject.toml
 	@mkdir -p $(STAMP)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres,libvirt]'
 	@touch $@
 
 serve: setup

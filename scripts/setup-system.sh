@@ -14,6 +14,8 @@ PACKAGES=(
   graphviz                        # virtlab lab graph --svg renders with dot
   dosfstools mtools syslinux syslinux-common busybox-static cpio  # the tiny bootable test disk
   isolinux                        # the tiny bootable test ISO (El Torito)
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # libvirt hosts, run by the tests
+  libvirt-dev pkg-config gcc      # libvirt-python (PyPI) builds against them
 )
 
 missing=()

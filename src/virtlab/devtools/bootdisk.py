@@ -121,8 +121,8 @@ def build_boot_disk(
             f.truncate(size_mib << 20)
         mkfs = _which("mkfs.fat") or "mkfs.fat"
         run_tool([mkfs, "--invariant", "-i", _VOLUME_ID, "-n", "VIRTLAB", str(image)], "mkfs.fat")
-        # mtools (which syslinux runs too) stamps files with SOURCE_DATEEPOCH when set.
-        env = ["env", "MTOOLS_SKIP_CHECK=1", f"SOURCE_DATEEPOCH={EPOCH}"]
+        # mtools (which syslinux runs too) stamps files with SOURCE_DATE_EPOCH when set.
+        env = ["env", "MTOOLS_SKIP_CHECK=1", f"SOURCE_DATE_EPOCH={EPOCH}"]
         run_tool([*env, "mcopy", "-m", "-i", str(image), *map(str, files), "::/"], "mcopy")
         run_tool([*env, "syslinux", "--install", str(image)], "syslinux --install")
         os.replace(image, out)

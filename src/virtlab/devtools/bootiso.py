@@ -3,7 +3,7 @@
 The kernel, initramfs and kernel command line of :mod:`virtlab.devtools.guestkernel`, laid
 out as ``/isolinux/{isolinux.bin,ldlinux.c32,isolinux.cfg}``, ``/vmlinuz`` and ``/initrd.gz``
 and made into a "no emulation" El Torito CD with ``xorriso -as mkisofs``. It is a plain ISO
-(no hybrid MBR), so it boots as a CD-ROM only. All dates are fixed (``SOURCE_DATEEPOCH``,
+(no hybrid MBR), so it boots as a CD-ROM only. All dates are fixed (``SOURCE_DATE_EPOCH``,
 ``--modification-date``, file times): same inputs give a byte-identical image.
 """
 
@@ -87,7 +87,7 @@ def build_boot_iso(
             os.utime(path, (EPOCH, EPOCH))
         image = Path(tmp) / "boot.iso"
         argv = [
-            "env", f"SOURCE_DATEEPOCH={EPOCH}", "xorriso", "-as", "mkisofs", "-quiet",
+            "env", f"SOURCE_DATE_EPOCH={EPOCH}", "xorriso", "-as", "mkisofs", "-quiet",
             "-o", str(image), "-V", VOLUME_ID, "-r", "-J",
             f"--modification-date={_DATE}", "--set_all_file_dates", _DATE,
             "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
