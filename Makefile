@@ -5,10 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .stamps
 LINTED := $(wildcard src tests bench)
+# The web UI: built by Node.js (npm ci, then vite) into the Python package, where the server
+# serves it. Node is needed to build it only, never to run the server.
+WEB_DIST := src/virtlab/web/dist
+FRONTEND_SOURCES := frontend/index.html frontend/vite.config.js \
+	$(shell find frontend/src frontend/public -type f 2>/dev/null)
 
 .PHONY: setup serve test lint format bench clean
 
-setup: $(STAMP)/system $(STAMP)/venv
+setup: $(STAMP)/system $(STAMP)/venv $(STAMP)/frontend
 
 $(STAMP)/system: scripts/setup-system.sh
 	@mkdir -p $(STAMP)
@@ -20,6 +25,23 @@ $(STAMP)/venv: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,postgres,libvirt]'
+	@touch $@
+
+# A build or node_modules deleted by hand is made again, whatever the stamps say.
+ifeq ($(wildcard $(WEB_DIST)/index.html),)
+.PHONY: $(STAMP)/frontend
+endif
+ifeq ($(wildcard frontend/node_modules/.package-lock.json),)
+.PHONY: $(STAMP)/frontend-deps
+endif
+
+$(STAMP)/frontend-deps: frontend/package.json frontend/package-lock.json | $(STAMP)/system
+	@mkdir -p $(STAMP)
+	cd frontend && npm ci --no-audit --no-fund
+	@touch $@
+
+$(STAMP)/frontend: $(STAMP)/frontend-deps $(FRONTEND_SOURCES)
+	cd frontend && npm run build
 	@touch $@
 
 serve: setup
@@ -40,4 +62,4 @@ bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(STAMP) $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(STAMP) $(VENV) build *.egg-info src/*.egg-info frontend/node_modules $(WEB_DIST)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.checkpoints import bench_checkpoints
 from bench.common import CLIENTS, DEFAULT_CLIENT, GiB, MiB, server_env
 from bench.import_vmdk import bench_import
 from bench.labs import bench_labs
@@ -21,8 +22,8 @@ from bench.nodes import bench_nodes
 from bench.upload import bench_upload
 
 # (virtual size, data in it) of the VMDK, the upload's size, the small and big node bases,
-# how many nodes start at once, the ring's nodes, MiB per guest transfer and frames per relay
-# blast: full, then --quick.
+# how many nodes start at once, the ring's nodes, MiB per guest transfer, frames per relay
+# blast and the checkpointed lab's nodes: full, then --quick.
 SIZES = {
     False: {
         "vmdk": (2 * GiB, 1 * GiB),
@@ -32,6 +33,7 @@ SIZES = {
         "ring": 10,
         "transfer": 64 * MiB,
         "blast": 200_000,
+        "checkpoint_nodes": 5,
     },
     True: {
         "vmdk": (64 * MiB, 32 * MiB),
@@ -41,6 +43,7 @@ SIZES = {
         "ring": 2,
         "transfer": 4 * MiB,
         "blast": 5_000,
+        "checkpoint_nodes": 2,
     },
 }
 # --only: a benchmark, or "nodes" for the three node benchmarks (they share one server).
@@ -93,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--runs", type=int, default=None, help="runs per side [3; 1 if --quick]")
-    parser.add_argument("--only", choices=(*ONLY, *LABS), help="run just one benchmark")
+    parser.add_argument(
+        "--only", choices=(*ONLY, *LABS, "checkpoints"), help="run just one benchmark"
+    )
     parser.add_argument(
         "--nodes", type=int, default=None, help="nodes started at once [20; 2 if --quick]"
     )
@@ -156,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
                 size=sizes["transfer"],
                 blast_frames=sizes["blast"],
                 which=LABS[args.only or "labs"],
+                server_env=env,
+                report=True,
+            )
+        if args.only in (None, "checkpoints"):
+            print(f"\nload avg  : {_load()} (before the checkpoint benchmark)", flush=True)
+            bench_checkpoints(
+                work / "checkpoints",
+                count=sizes["checkpoint_nodes"],
+                runs=runs,
                 server_env=env,
                 report=True,
             )

@@ -16,7 +16,13 @@ PACKAGES=(
   isolinux                        # the tiny bootable test ISO (El Torito)
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # libvirt hosts, run by the tests
   libvirt-dev pkg-config gcc      # libvirt-python (PyPI) builds against them
+  chromium fonts-dejavu-core      # the web UI's tests: a real browser, driven by Playwright
 )
+# Node.js builds the web UI (any node >= 18; Debian 12's is 18). A node already on the PATH,
+# from wherever it came, is used as it is: Debian's is installed only when there is none.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -141,12 +141,13 @@ def test_the_archive_holds_the_lab_its_disks_and_its_images(origin: Origin, tmp_
         tar.extract("nodes/r1.qcow2", tmp_path, filter="data")
         stored = origin.server.data_dir / "images" / origin.image["path"]
         assert read_member(tar, f"images/{sha}.qcow2") == stored.read_bytes()
-    assert manifest["format"] == "virtlab-lab-archive" and manifest["version"] == 1
+    assert manifest["format"] == "virtlab-lab-archive" and manifest["version"] == 2
     assert manifest["lab"] == LAB and manifest["created_at"]
     assert manifest["nodes"] == [
-        {"name": n, "image": origin.image["name"], "image_sha256": sha, "disk": "overlay"}
+        {"name": n, "image": origin.image["name"], "image_sha256": sha, "disk": "overlay",
+         "checkpoints": []}
         for n in ("r1", "r2")
-    ]
+    ]  # fmt: skip
     assert manifest["images"] == [
         {"sha256": sha, "name": origin.image["name"], "kind": "disk", "included": True}
     ]
@@ -371,3 +372,87 @@ topology:
         capture_output=True, text=True, check=True,
     ).stdout)  # fmt: skip
     assert disk["virtual-size"] == 64 << 20 and "backing-filename" not in disk
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+def test_checkpoints_travel_inside_the_disks_with_their_records(
+    origin: Origin, make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A lab checkpoint and a node's own one, archived, imported on another server and resumed
+    there; imported with --no-checkpoints, none is left in the disks; a manifest that does not
+    match the disk's snapshots is refused."""
+    text = f"""
+name: snap
+topology:
+  defaults: {{image: {origin.image["name"]}, ram_mb: 128, nics: 1, vnc: false}}
+  nodes: {{s1: {{}}}}
+"""
+    with origin.server.client(timeout=600) as client:
+        assert client.post("/api/labs", json={"topology": text}).status_code == 201
+        node = client.get("/api/nodes/snap:s1").json()
+        asyncio.run(run_on(origin.server, node, "VAR=travelled"))
+        assert client.post("/api/labs/snap/checkpoints", json={"tag": "lab"}).status_code == 201
+        assert client.post("/api/nodes/snap:s1/checkpoints", json={"tag": "own"}).status_code == 201
+        saved = {c["tag"]: c for c in client.get("/api/nodes/snap:s1/checkpoints").json()}
+        assert client.post("/api/nodes/snap:s1/kill").status_code == 200
+        archive = client.get("/api/labs/snap/archive")
+        assert archive.status_code == 200, archive.text
+    path = tmp_path / "snap.tar"
+    path.write_bytes(archive.content)
+    with tarfile.open(path) as tar:
+        manifest = json.loads(read_member(tar, "manifest.json"))
+    listed = manifest["nodes"][0]["checkpoints"]
+    assert [(c["tag"], c["lab"]) for c in listed] == [("lab", True), ("own", False)]
+    assert all(c["machine"].startswith("pc-i440fx-") and c["accel"] for c in listed)
+
+    server = make_server()
+    with server.client(timeout=600) as client:
+        stored = origin.server.data_dir / "images" / origin.image["path"]
+        assert client.put("/api/images/base.qcow2", content=stored.read_bytes()).status_code == 201
+        done = client.post("/api/labs/import", content=path.read_bytes())
+        assert done.status_code == 201, done.text
+        here = {c["tag"]: c for c in client.get("/api/nodes/snap:s1/checkpoints").json()}
+        assert set(here) == {"lab", "own"}
+        for tag in here:
+            for key in ("vm_state_size", "machine", "qemu_version", "ram_mb", "lab_checkpoint"):
+                assert here[tag][key] == saved[tag][key], (tag, key)
+        assert [c["tag"] for c in client.get("/api/labs/snap/checkpoints").json()] == ["lab"]
+        resumed = client.post("/api/labs/snap/checkpoints/lab/resume")
+        assert resumed.status_code == 200 and resumed.json()["running"] == 1, resumed.text
+        node = client.get("/api/nodes/snap:s1").json()
+        assert "v=travelled" in asyncio.run(run_on(server, node, 'echo "v=$VAR"', booted=False))
+        client.post("/api/nodes/snap:s1/kill")
+
+        bare = client.post("/api/labs/import", content=path.read_bytes(),
+                           params={"name": "bare", "checkpoints": "false"})  # fmt: skip
+        assert bare.status_code == 201, bare.text
+        bare_node = client.get("/api/nodes/bare:s1").json()
+        assert client.get("/api/nodes/bare:s1/checkpoints").json() == []
+    disk = server.data_dir / "nodes" / bare_node["id"] / "disk.qcow2"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2",
+                                      str(disk)], capture_output=True, text=True,
+                                     check=True).stdout)  # fmt: skip
+    assert "snapshots" not in info
+
+    lying = {**manifest, "nodes": [{**manifest["nodes"][0], "checkpoints": listed[:1]}]}
+    before = state_of(server)
+    with server.client(timeout=600) as client:
+        response = client.post(
+            "/api/labs/import", params={"name": "lying"},
+            content=rebuilt(path, replacing("manifest.json", json.dumps(lying).encode())),
+        )  # fmt: skip
+    assert response.status_code == 400, response.text
+    assert "holds the checkpoints 'lab', 'own' but its manifest lists lab" in response.text
+    assert state_of(server) == before
+
+
+async def run_on(server: Server, node: dict, command: str, *, booted: bool = True) -> str:
+    shell = await SerialShell.open(server.url, node, booted=booted)
+    try:
+        status, output = await shell.run(command, timeout=120)
+        assert status == 0, output
+        return output
+    finally:
+        await shell.close()

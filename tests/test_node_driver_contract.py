@@ -20,7 +20,7 @@ from support.bootdisk import boot_disk
 from support.qimg import convert
 from virtlab.consoles import SerialHub
 from virtlab.devtools.bootdisk import BOOT_MARKER
-from virtlab.errors import Conflict
+from virtlab.errors import Conflict, ToolFailure
 from virtlab.images.qemu_img import QemuImg
 from virtlab.nodes.driver import FakeDriver, NodeDriver
 from virtlab.nodes.qemu.driver import QemuDriver
@@ -66,6 +66,24 @@ class Harness:
                     seen += chunk
                     if BOOT_MARKER.encode() in seen:
                         return
+
+    async def shell(self, spec: NodeSpec, line: str, expect: str, timeout: float = 60) -> None:
+        """Type ``line`` on the guest's serial console until ``expect`` shows (QEMU only: the
+        fake has no guest)."""
+        if isinstance(self.driver, FakeDriver):
+            return
+
+        async def typed() -> None:
+            async with SerialHub(spec.paths.serial) as hub:
+                with hub.subscribe() as output:
+                    await hub.write(line.encode() + b"\r")
+                    seen = b""
+                    async for chunk in output:
+                        seen += chunk
+                        if expect.encode() in seen:
+                            return
+
+        await asyncio.wait_for(typed(), timeout)
 
 
 def _make_driver(kind: str, shared: dict | None = None) -> NodeDriver:
@@ -197,3 +215,80 @@ async def test_a_wipe_replaces_the_disk(harness: Harness, tmp_path: Path, base: 
     first = spec.paths.disk.stat().st_ino
     await harness.driver.create_disk(spec, base, None)
     assert spec.paths.disk.stat().st_ino != first
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+async def test_a_checkpoint_resumes_the_machine_as_it_was(
+    harness: Harness, tmp_path: Path, base: Path
+) -> None:
+    spec = await _running(harness, _spec(tmp_path), base)
+    await asyncio.wait_for(harness.booted(spec), 120)
+    await harness.shell(spec, 'X=kept42; echo "set-$X"', "set-kept42")
+    saved = await harness.driver.checkpoint(spec.id, "t1")
+    assert (saved.tag, harness.driver.state(spec.id)) == ("t1", NodeState.RUNNING)
+    assert saved.vm_state_size > 0 and saved.qemu_version
+    assert saved.machine.startswith("pc-i440fx-"), "the alias pc, resolved"
+    assert await harness.driver.checkpoints(spec) == {"t1": saved.vm_state_size}  # running
+    await harness.shell(spec, 'X=changed; echo "now-$X"', "now-changed")  # it runs on
+    await harness.driver.kill(spec.id)
+    await harness.next_exit()
+    assert await harness.driver.checkpoints(spec) == {"t1": saved.vm_state_size}  # stopped
+    await harness.driver.start(replace(spec, loadvm="t1", machine=saved.machine))
+    assert harness.driver.state(spec.id) is NodeState.RUNNING
+    await harness.shell(spec, 'echo "was-$X"', "was-kept42")
+
+
+async def test_a_suspended_machine_stays_suspended_and_a_tag_is_taken_once(
+    harness: Harness, tmp_path: Path, base: Path
+) -> None:
+    spec = await _running(harness, _spec(tmp_path), base)
+    await harness.driver.suspend(spec.id)
+    await harness.driver.checkpoint(spec.id, "paused")
+    assert harness.driver.state(spec.id) is NodeState.SUSPENDED
+    with pytest.raises(ToolFailure, match="already exists"):
+        await harness.driver.checkpoint(spec.id, "paused")
+    assert harness.driver.state(spec.id) is NodeState.SUSPENDED
+    await harness.driver.resume(spec.id)
+    with pytest.raises(ToolFailure, match="already exists"):
+        await harness.driver.checkpoint(spec.id, "paused")
+    assert harness.driver.state(spec.id) is NodeState.RUNNING, "a failed save lets it run on"
+    await harness.driver.checkpoint(spec.id, "running")
+    assert set(await harness.driver.checkpoints(spec)) == {"paused", "running"}
+
+
+async def test_a_checkpoint_that_cannot_be_loaded_fails_the_start_but_not_a_cold_one(
+    harness: Harness, tmp_path: Path, base: Path
+) -> None:
+    spec = await _running(harness, _spec(tmp_path), base)
+    await harness.driver.checkpoint(spec.id, "t1")
+    await harness.driver.kill(spec.id)
+    await harness.next_exit()
+    for bad, words in (
+        (replace(spec, loadvm="nope"), "Snapshot 'nope' does not exist"),
+        (replace(spec, loadvm="t1", machine="pc-q35-7.2"), "Machine type received is 'pc-i440fx"),
+    ):
+        with pytest.raises(ToolFailure, match=words):
+            await harness.driver.start(bad)
+        assert harness.driver.state(spec.id) is NodeState.STOPPED
+    await harness.driver.start(spec)  # no checkpoint: it boots
+    assert harness.driver.state(spec.id) is NodeState.RUNNING
+
+
+async def test_checkpoints_are_deleted_running_or_not_and_a_new_disk_has_none(
+    harness: Harness, tmp_path: Path, base: Path
+) -> None:
+    spec = await _running(harness, _spec(tmp_path), base)
+    for tag in ("a", "b", "c"):
+        await harness.driver.checkpoint(spec.id, tag)
+    await harness.driver.delete_checkpoint(spec, "a")  # running: a QMP job
+    assert set(await harness.driver.checkpoints(spec)) == {"b", "c"}
+    await harness.driver.kill(spec.id)
+    await harness.next_exit()
+    await harness.driver.delete_checkpoint(spec, "b")  # stopped: qemu-img
+    assert set(await harness.driver.checkpoints(spec)) == {"c"}
+    with pytest.raises(ToolFailure, match="b"):
+        await harness.driver.delete_checkpoint(spec, "b")
+    await harness.driver.create_disk(spec, base, None)  # a wipe
+    assert await harness.driver.checkpoints(spec) == {}

@@ -194,6 +194,43 @@ def test_golden_kvm_q35() -> None:
     ]  # fmt: skip
 
 
+def test_golden_resume_from_a_checkpoint_on_a_pinned_machine_type() -> None:
+    """A resumed node: its machine type pinned to the checkpoint's, halted (-S) until its
+    console listens, ``-loadvm TAG`` last but for the extra arguments."""
+    argv = build_argv(
+        spec(machine="pc-i440fx-7.2", start_paused=True, loadvm="configured.v2",
+             nics=(NicSpec(0, NicModel.VIRTIO, "52:54:00:aa:00:00"),),
+             extra_args=("-rtc", "base=utc"))
+    )  # fmt: skip
+    assert argv == [
+        "qemu-system-x86_64",
+        "-name", "guest=r1,debug-threads=on",
+        *HEAD,
+        "-machine", "pc-i440fx-7.2", "-accel", "tcg", "-cpu", "qemu64",
+        "-smp", "1", "-m", "256M",
+        "-pidfile", f"{ROOT}/qemu.pid", "-S",
+        "-display", "none", "-vga", "std", "-vnc", f"unix:{ROOT}/vnc.sock,share=force-shared",
+        *QMP,
+        *SERIAL,
+        *DISK,
+        "-device", "virtio-blk-pci,addr=0x04,drive=disk0,id=hd0,bootindex=1",
+        "-netdev", f"dgram,id=net0,local.type=unix,local.path={ROOT}/nic0.sock,"
+                   f"remote.type=unix,remote.path={ROOT}/nic0.peer",
+        "-device", "virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:aa:00:00,addr=0x06",
+        "-loadvm", "configured.v2",
+        "-rtc", "base=utc",
+    ]  # fmt: skip
+
+
+def test_golden_resume_of_a_cdrom_node_snapshots_only_its_disk() -> None:
+    """The ISO stays read-only and outside the checkpoint: the argv differs from a cold start
+    by ``-loadvm`` alone."""
+    cold = build_argv(spec(cdrom=ISO, disk_bus=DiskBus.IDE))
+    resumed = build_argv(spec(cdrom=ISO, disk_bus=DiskBus.IDE, loadvm="installed"))
+    assert resumed == [*cold, "-loadvm", "installed"]
+    assert [a for a in resumed if "node-name=" in a] == [*DISK[1::2], *CDROM[1::2]]
+
+
 def test_cpu_model_and_commas_in_paths() -> None:
     root = Path("/srv/a,b")
     argv = build_argv(spec(paths=RunPaths(root), cpu_model="Nehalem,+popcnt"))
@@ -228,6 +265,10 @@ def tunneled(tunnel: UdpTunnel) -> NicSpec:
         ({"nics": (tunneled(UdpTunnel("evil,x=1", 1, "::1", 2)),)}, "not an IP address"),
         ({"nics": (tunneled(UdpTunnel("::1", 0, "::1", 2)),)}, "out of range"),
         ({"extra_args": ("-drive", "file=/etc/shadow")}, "-drive"),
+        ({"loadvm": "1"}, "cannot name a checkpoint"),
+        ({"loadvm": "a,b=c"}, "cannot name a checkpoint"),
+        ({"loadvm": ""}, "cannot name a checkpoint"),
+        ({"loadvm": "-incoming"}, "cannot name a checkpoint"),
     ],
 )  # fmt: skip
 def test_bad_specs_are_refused(changes: dict[str, Any], words: str) -> None:

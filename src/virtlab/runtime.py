@@ -21,6 +21,7 @@ from virtlab.nodes.qemu.driver import QemuDriver
 from virtlab.nodes.qemu.probe import AccelVerdict, probe_accelerator
 from virtlab.nodes.spec import Accel
 from virtlab.services.boot_test import BootTester
+from virtlab.services.checkpoints import CheckpointService
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.image_scan import BaseScanner
@@ -47,6 +48,7 @@ class Runtime:
     links: LinkService = None  # type: ignore[assignment]
     labs: LabService = None  # type: ignore[assignment]
     archiver: LabArchiver = None  # type: ignore[assignment]
+    checkpoints: CheckpointService = None  # type: ignore[assignment]
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
 
@@ -106,26 +108,34 @@ class Runtime:
         runtime.labs = LabService(
             catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events
         )
-        runtime.archiver = LabArchiver(
-            runtime.labs, runtime.nodes, images, qemu_img, settings.staging_dir
+        runtime.checkpoints = CheckpointService(
+            catalog=catalog, nodes=runtime.nodes, labs=runtime.labs, events=events
         )
+        runtime.archiver = LabArchiver(
+            runtime.labs, runtime.nodes, images, qemu_img, settings.staging_dir,
+            checkpoints=runtime.checkpoints,
+        )  # fmt: skip
         images.users_of = runtime._image_users
         return runtime
 
     def _image_users(self, image: str) -> list[str]:
         users = self.nodes.users_of(image)
+        with_disks = {n.id: n.name for n in self.nodes.list() if n.image == image}
+        users += self.checkpoints.image_users(with_disks)
         if self.boot_tests is not None and self.boot_tests.active[image]:
             users.append("a boot test in progress")
         return users
 
     async def start(self) -> None:
         """Prepare the data directory and catalog; sweep what a crash left; scan base images;
-        find the accelerator; re-adopt the nodes that outlived the last server."""
+        find the accelerator; re-adopt the nodes that outlived the last server; make the
+        checkpoint rows agree with the disks."""
         self.events.bind(asyncio.get_running_loop())
         await asyncio.to_thread(self._start_catalog)
         verdict = await asyncio.to_thread(self.accel)
         log.info("accelerator: %s (%s)", verdict.value, self.accel_verdict.reason)  # type: ignore[union-attr]
         await self.nodes.adopt_all()
+        await self.checkpoints.reconcile()
         await self.links.restore()
 
     def _start_catalog(self) -> None:

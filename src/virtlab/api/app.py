@@ -9,8 +9,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from virtlab import __version__
-from virtlab.api import errors
-from virtlab.api.routes import events, health, images, lab_archive, labs, links, nodes
+from virtlab.api import errors, web
+from virtlab.api.routes import checkpoints, events, health, images, lab_archive, labs, links, nodes
 from virtlab.runtime import Runtime
 from virtlab.settings import Settings
 
@@ -41,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(nodes.router)
     app.include_router(labs.router)
     app.include_router(lab_archive.router)
+    app.include_router(checkpoints.router)
     app.include_router(links.router)
     app.include_router(events.router)
+    web.install(app)  # the web UI at /, once built (make setup)
     return app

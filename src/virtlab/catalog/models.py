@@ -95,3 +95,28 @@ class LinkRow(Base):
     impairment: Mapped[str] = mapped_column(Text, default="{}")  # JSON: a_to_b, b_to_a
     capturing: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CheckpointRow(Base):
+    """One checkpoint of one node: its bytes are an internal snapshot in the node's disk."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("node_id", "tag", name="uq_checkpoints_node_tag"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    # Set when the checkpoint is one node's part of a lab checkpoint (the lab's nodes paused
+    # together and saved under one tag).
+    lab_id: Mapped[str | None] = mapped_column(
+        ForeignKey("labs.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    tag: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))  # saving | ready | deleting
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    vm_state_size: Mapped[int] = mapped_column(BigInteger, default=0)  # memory + devices, bytes
+    save_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # how long the save took
+    ram_mb: Mapped[int] = mapped_column(Integer)  # the node's memory when it was taken
+    qemu_version: Mapped[str] = mapped_column(String(32), default="")
+    machine: Mapped[str] = mapped_column(String(63), default="")  # resolved: pc-i440fx-7.2
+    accel: Mapped[str] = mapped_column(String(8), default="")  # tcg | kvm
+    detail: Mapped[str] = mapped_column(Text, default="")

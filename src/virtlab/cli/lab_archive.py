@@ -73,12 +73,21 @@ def lab_archive(
 def lab_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     name: Annotated[str | None, typer.Option(help="Name the lab (default: its own).")] = None,
+    checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--checkpoints/--no-checkpoints",
+            help="Keep the nodes' checkpoints (QEMU loads their saved state as it is: drop "
+            "them from archives you do not trust that far).",
+        ),
+    ] = True,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Make a lab from a lab archive, its nodes stopped.
 
-    Base images are found here by sha256, or imported from the archive when it holds them."""
+    Base images are found here by sha256, or imported from the archive when it holds them.
+    The nodes' checkpoints come along unless --no-checkpoints."""
     client = Client(url, timeout=None)  # type: ignore[arg-type]
     total = file.stat().st_size
     with _progress(err.is_terminal and not as_json) as progress:
@@ -91,8 +100,9 @@ def lab_import(
                     yield block
 
         try:
+            params = {"checkpoints": str(checkpoints).lower()} | ({"name": name} if name else {})
             response = client.http.post(
-                "/api/labs/import", params={"name": name} if name else {}, content=body(),
+                "/api/labs/import", params=params, content=body(),
                 headers={"content-length": str(total), "content-type": "application/x-tar"},
             )  # fmt: skip
             data = raise_for(response).json()

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
+from virtlab.cli.checkpoints import ForceOpt, FromOpt, resume_lab
 from virtlab.cli.client import ApiError, Client
 from virtlab.cli.lab_archive import register as register_lab_archive
 from virtlab.cli.options import JsonOpt, UrlOpt, err, out
@@ -117,7 +118,19 @@ def _lab_action(action: str, doc: str) -> None:
     labs.command(action)(command)
 
 
-_lab_action("start", "Start every stopped node of a lab.")
+@labs.command("start")
+def lab_start(
+    name: str, from_: FromOpt = None, force: ForceOpt = False, url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Start every stopped node of a lab (with --from TAG: resume them from a checkpoint)."""
+    if from_ is not None:
+        resume_lab(url, name, from_, force, as_json)
+        return
+    data = _call(url, "POST", f"{_lab(name)}/start").json()
+    _print(data, as_json, f"lab {name}: {data['running']} of {data['nodes']} nodes running")
+
+
 _lab_action("stop", "Stop every running node of a lab.")
 
 

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import typer
 from rich.table import Column, Table
 
+from virtlab.cli.checkpoints import ForceOpt, FromOpt, resume_nodes
 from virtlab.cli.client import ApiError, Client
 from virtlab.cli.options import JsonOpt, UrlOpt, err, out
 from virtlab.cli.serial_console import run_console
@@ -130,12 +131,38 @@ def _lifecycle(action: str, doc: str) -> None:
     app.command(action)(command)
 
 
-_lifecycle("start", "Start nodes (returns once QEMU runs).")
+def _from_checkpoint(action: str, doc: str) -> None:
+    def command(
+        nodes: Annotated[list[str], typer.Argument(help="Node names or ids.")],
+        from_: FromOpt = None,
+        force: ForceOpt = False,
+        url: UrlOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        if from_ is not None:
+            resume_nodes(url, nodes, from_, force, as_json)
+            return
+        results = [_call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
+        if as_json:
+            out.print_json(json.dumps(results))
+        else:
+            for node in results:
+                out.print(f"{node['name']}: {node['state']}")
+
+    command.__doc__ = doc
+    app.command(action)(command)
+
+
+_from_checkpoint(
+    "start", "Start nodes (returns once QEMU runs); with --from TAG, from a checkpoint."
+)
 _lifecycle("stop", "Stop nodes: ACPI power-down, then a hard stop after the timeout.")
 _lifecycle("kill", "End nodes' QEMU at once.")
 _lifecycle("reset", "Reset running nodes.")
 _lifecycle("suspend", "Pause running nodes.")
-_lifecycle("resume", "Resume suspended nodes.")
+_from_checkpoint(
+    "resume", "Resume suspended nodes; with --from TAG, start stopped ones from a checkpoint."
+)
 _lifecycle("wipe", "Give stopped nodes a fresh disk (their changes are lost).")
 
 

@@ -200,6 +200,24 @@ class QemuImg:
         if done.returncode != 0:
             raise _failure(f"qemu-img could not create the overlay {dst.name}", done)
 
+    # -- internal snapshots (node checkpoints) of disks no QEMU has open ----------------------
+
+    def snapshots(self, path: Path) -> dict[str, int]:
+        """The internal snapshots of a qcow2 file: tag -> bytes of machine state."""
+        found = self.info(path, "qcow2").raw.get("snapshots") or []
+        return {str(s["name"]): int(s.get("vm-state-size", 0)) for s in found}
+
+    def delete_snapshot(self, path: Path, tag: str) -> None:
+        # `qemu-img snapshot` has no -f: the format is forced through --image-opts instead.
+        where = str(path).replace(",", ",,")
+        opts = f"driver=qcow2,file.driver=file,file.filename={where}"
+        done = run(
+            [self.binary, "snapshot", "-q", "--image-opts", "-d", tag, opts],
+            limits=self.work_limits,
+        )
+        if done.returncode != 0:
+            raise _failure(f"qemu-img could not delete checkpoint {tag} from {path.name}", done)
+
 
 def _failure(what: str, done: Completed) -> VirtlabError:
     """The error to raise for a failed call: a full disk is told apart from other failures."""

@@ -4,21 +4,27 @@ A driver runs machines; it knows nothing of the catalog, names or HTTP. The node
 it what to run (a ``NodeSpec``) and hears back through ``on_exit`` when a machine ends, saying
 whether it was asked to (``stopped``) or not (``crashed``, with the tail of its log).
 ``tests/test_node_driver_contract.py`` runs one suite against both implementations.
+
+Checkpoints live in the node's disk: ``checkpoint`` saves one from a running machine,
+``start`` with ``spec.loadvm`` resumes from one (and fails, saying why, when it cannot),
+``checkpoints`` and ``delete_checkpoint`` work whether the machine runs or not.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtlab.errors import Conflict
+from virtlab.errors import Conflict, ToolFailure
+from virtlab.nodes.checkpoints import SavedState
 from virtlab.nodes.spec import NodeSpec
 from virtlab.nodes.state import NodeState
 
-__all__ = ["ExitCallback", "FakeDriver", "NodeDriver", "PNG_1x1"]
+__all__ = ["FAKE_QEMU_VERSION", "ExitCallback", "FakeDriver", "NodeDriver", "PNG_1x1"]
 
 ExitCallback = Callable[[str, NodeState, str], Awaitable[None]]
 """``(node_id, stopped|crashed, detail)``: detail is the log tail when it crashed."""
@@ -42,7 +48,9 @@ class NodeDriver(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, spec: NodeSpec) -> None:
-        """Start the machine; return once it runs (its monitor answers)."""
+        """Start the machine; return once it runs (its monitor answers). With ``spec.loadvm``
+        it starts from that checkpoint; one that cannot be loaded (missing, or saved on
+        another machine type) fails the start with QEMU's reason, and nothing runs."""
 
     @abc.abstractmethod
     async def stop(self, node_id: str, timeout: float) -> bool:
@@ -71,6 +79,21 @@ class NodeDriver(abc.ABC):
         """Carrier of NIC ``eth<index>`` up or down, as the guest sees it."""
 
     @abc.abstractmethod
+    async def checkpoint(self, node_id: str, tag: str) -> SavedState:
+        """Save the machine's memory, devices and writable disk as checkpoint ``tag`` in its
+        disk. A running machine is paused for the save and runs on after it; a suspended one
+        stays suspended. A tag the disk holds already is refused."""
+
+    @abc.abstractmethod
+    async def checkpoints(self, spec: NodeSpec) -> dict[str, int]:
+        """The checkpoints in the node's disk (tag -> bytes of machine state), whether the
+        machine runs or not."""
+
+    @abc.abstractmethod
+    async def delete_checkpoint(self, spec: NodeSpec, tag: str) -> None:
+        """Remove checkpoint ``tag`` from the node's disk, whether the machine runs or not."""
+
+    @abc.abstractmethod
     async def adopt(self, spec: NodeSpec) -> NodeState | None:
         """After a server restart: the state of the node's machine if it still runs, else None."""
 
@@ -90,16 +113,23 @@ PNG_1x1 = bytes.fromhex(
 )
 
 
+FAKE_QEMU_VERSION = "0.0.0-fake"
+_FAKE_MACHINES = {"pc": "pc-i440fx-7.2", "q35": "pc-q35-7.2"}  # aliases, resolved like QEMU's
+
+
 @dataclass
 class _FakeMachine:
     state: NodeState
+    spec: NodeSpec | None = None
 
 
 class FakeDriver(NodeDriver):
     """Machines that live in memory: instant, deterministic, for fast tests of everything above.
 
     ``crash(node_id)`` makes a machine die on its own; ``machines`` may be shared between two
-    instances to play a server restart (the machines outlive the driver).
+    instances to play a server restart (the machines outlive the driver). A fake disk is a
+    small JSON file holding its checkpoints, so they go where the file goes (a wipe makes a
+    new file without any) and outlive the driver, as in a real qcow2.
     """
 
     kind = "fake"
@@ -118,15 +148,37 @@ class FakeDriver(NodeDriver):
 
     async def create_disk(self, spec: NodeSpec, base: Path | None, size_mb: int | None) -> None:
         spec.paths.root.mkdir(parents=True, exist_ok=True)
-        fresh = spec.paths.disk.with_name(".fake.new")
-        fresh.write_bytes(b"fake disk")
-        fresh.replace(spec.paths.disk)  # like the real one: a whole new file
+        self._write_disk(spec.paths.disk, {})  # like the real one: a whole new file
         self.disks[spec.id] = (base, size_mb)
+
+    @staticmethod
+    def _read_disk(disk: Path) -> dict[str, dict]:
+        try:
+            return dict(json.loads(disk.read_text())["checkpoints"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ToolFailure(f"the fake disk {disk} cannot be read: {exc}") from exc
+
+    @staticmethod
+    def _write_disk(disk: Path, checkpoints: dict[str, dict]) -> None:
+        fresh = disk.with_name(".fake.new")
+        fresh.write_text(json.dumps({"fake-disk": 1, "checkpoints": checkpoints}))
+        fresh.replace(disk)
 
     async def start(self, spec: NodeSpec) -> None:
         if spec.id in self.machines:
             raise Conflict(f"node {spec.name} already runs")
-        self.machines[spec.id] = _FakeMachine(NodeState.RUNNING)
+        if spec.loadvm is not None:
+            saved = self._read_disk(spec.paths.disk).get(spec.loadvm)
+            machine = _FAKE_MACHINES.get(spec.machine, spec.machine)
+            if saved is None:
+                why = f"Snapshot '{spec.loadvm}' does not exist in one or more devices"
+            elif saved["machine"] != machine:
+                why = f"Machine type received is '{saved['machine']}' and local is '{machine}'"
+            else:
+                why = ""
+            if why:
+                raise ToolFailure(f"QEMU for node {spec.name} exited: fake: {why}")
+        self.machines[spec.id] = _FakeMachine(NodeState.RUNNING, spec)
 
     async def _end(self, node_id: str, state: NodeState, detail: str = "") -> None:
         self.machines.pop(node_id, None)
@@ -161,6 +213,26 @@ class FakeDriver(NodeDriver):
     async def set_link(self, node_id: str, index: int, up: bool) -> None:
         self._get(node_id)
         self.links[(node_id, index)] = up
+
+    async def checkpoint(self, node_id: str, tag: str) -> SavedState:
+        spec = self._get(node_id).spec
+        assert spec is not None
+        saved = self._read_disk(spec.paths.disk)
+        if tag in saved:
+            raise ToolFailure(f"fake: Snapshot '{tag}' already exists in one or more devices")
+        machine = _FAKE_MACHINES.get(spec.machine, spec.machine)
+        saved[tag] = {"vm_state_size": spec.ram_mb << 19, "machine": machine}
+        self._write_disk(spec.paths.disk, saved)
+        return SavedState(tag, spec.ram_mb << 19, FAKE_QEMU_VERSION, machine, 0.001)
+
+    async def checkpoints(self, spec: NodeSpec) -> dict[str, int]:
+        return {t: int(s["vm_state_size"]) for t, s in self._read_disk(spec.paths.disk).items()}
+
+    async def delete_checkpoint(self, spec: NodeSpec, tag: str) -> None:
+        saved = self._read_disk(spec.paths.disk)
+        if saved.pop(tag, None) is None:
+            raise ToolFailure(f"fake: cannot delete checkpoint {tag}: the disk has no such one")
+        self._write_disk(spec.paths.disk, saved)
 
     async def adopt(self, spec: NodeSpec) -> NodeState | None:
         machine = self.machines.get(spec.id)

@@ -131,3 +131,4 @@ class NodeSpec:
     extra_args: tuple[str, ...] = field(default=())  # already checked against the allow-list
     cpu_model: str | None = None  # None: "host" under KVM, "qemu64" under TCG
     start_paused: bool = False  # -S: wait for QMP "cont" (lets a console hub see the first byte)
+    loadvm: str | None = None  # -loadvm: start from this checkpoint in the disk, not a boot

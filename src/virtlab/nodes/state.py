@@ -45,6 +45,7 @@ class Action(enum.StrEnum):
     EDIT = "edit"
     CONSOLE = "console"
     SCREENSHOT = "screenshot"
+    CHECKPOINT = "checkpoint"  # save the running machine (resuming from one is a START)
 
 
 S = NodeState
@@ -60,6 +61,7 @@ _ALLOWED: dict[Action, frozenset[NodeState]] = {
     Action.EDIT: frozenset({S.STOPPED, S.CRASHED}),
     Action.CONSOLE: frozenset({S.STARTING, S.RUNNING, S.SUSPENDED, S.STOPPING}),
     Action.SCREENSHOT: frozenset({S.RUNNING, S.SUSPENDED}),
+    Action.CHECKPOINT: frozenset({S.RUNNING, S.SUSPENDED}),
 }
 
 _ADVICE: dict[NodeState, str] = {

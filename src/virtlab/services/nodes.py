@@ -3,22 +3,26 @@
 Combines the catalog (node rows), the image catalog (bases), a node driver (machines) and the
 console manager. Each action is guarded by the node's state (``virtlab.nodes.state``); a
 transition runs under the node's own lock, so two requests for one node never interleave.
+The checkpoint service takes those locks too (``holding``), resumes through ``start_held``
+and says which nodes have checkpoints (``checkpoints_of``: no wipe, no hardware change).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
+from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
@@ -52,6 +56,8 @@ def new_node_id() -> str:
 
 
 _ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
+# Settings a saved machine depends on: a checkpoint cannot be resumed on other hardware.
+_HARDWARE = ("cpus", "ram_mb", "disk_bus", "nics", "nic_model", "extra_args")
 
 
 @dataclass
@@ -70,6 +76,7 @@ class NodeService:
         # Set by the link service: wire a node's links once it runs; unwire them before it goes.
         self.after_start: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
+        self.checkpoints_of: Callable[[str], list[str]] = lambda _id: []  # set by checkpoints
         self.driver.on_exit = self._on_exit
         self.images.users_of = self.users_of
 
@@ -203,6 +210,8 @@ class NodeService:
             )  # fmt: skip
             if "image" in changes and changes["image"] != record.image:
                 raise InvalidRequest("a node's image cannot change; create another node")
+            moved = [k for k in _HARDWARE if k in changes and changes[k] != getattr(record, k)]
+            self._refuse_if_checkpoints(record, "change", moved)
             wanted = replace(current, **changes).checked()  # type: ignore[arg-type]
             self._check_name_free(wanted.name, record.lab_id, but=record.id)
             fields = {
@@ -236,31 +245,57 @@ class NodeService:
         guard(record.name, NodeState(record.state), action)
         return record
 
+    @contextlib.asynccontextmanager
+    async def holding(self, *node_ids: str) -> AsyncIterator[None]:
+        """Hold these nodes' locks, taken in one fixed order (two holders never deadlock)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for node_id in sorted(set(node_ids)):
+                await stack.enter_async_context(self._locks[node_id])
+            yield
+
+    def _refuse_if_checkpoints(self, record: NodeRecord, verb: str, what: list[str]) -> None:
+        tags = self.checkpoints_of(record.id) if what else []
+        if tags:
+            raise Conflict(
+                f"cannot {verb} {', '.join(what)} of node {record.name}: its checkpoints "
+                f"({', '.join(tags)}) are saved in its disk and need the machine as it is; delete"
+                f" them first (`virtlab node checkpoints rm {record.name} TAG`, or `virtlab lab "
+                "checkpoints rm LAB TAG` for a lab's)"
+            )
+
     async def start(self, ref: str) -> NodeRecord:
         record = self.get(ref)
         async with self._locks[record.id]:
-            record = await self._transition(record.id, Action.START)
-            spec = self.spec(record)
-            if not spec.paths.disk.exists():
-                raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
-            self._set(record.id, NodeState.STARTING, "")
-            try:
-                # QEMU starts with its vCPUs halted (-S): the console hub connects and the
-                # links are set before the guest prints its first byte or sends its first frame.
-                await self.driver.start(spec)
-            except BaseException as exc:
-                self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
-                raise
-            try:
-                await self.consoles.open(record, spec)
-                if self.after_start is not None:
-                    await self.after_start(record)
-                await self.driver.resume(record.id)
-            except BaseException as exc:
-                await self.driver.kill(record.id)
-                self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
-                raise
-            return self._set(record.id, NodeState.RUNNING)
+            return await self.start_held(record.id)
+
+    async def start_held(self, node_id: str, resume: CheckpointRecord | None = None) -> NodeRecord:
+        """Start a node whose lock the caller holds; from checkpoint ``resume`` if given (its
+        machine type and accelerator pinned to those it was saved with)."""
+        record = await self._transition(node_id, Action.START)
+        spec = self.spec(record)
+        if resume is not None:
+            machine, accel = resume.machine or spec.machine, resume.accel or spec.accel.value
+            spec = replace(spec, loadvm=resume.tag, machine=machine, accel=Accel(accel))
+        if not spec.paths.disk.exists():
+            raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
+        self._set(record.id, NodeState.STARTING, "")
+        try:
+            # QEMU starts with its vCPUs halted (-S): the console hub connects and the
+            # links are set before the guest prints its first byte or sends its first frame.
+            await self.driver.start(spec)
+        except BaseException as exc:
+            self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
+            raise
+        try:
+            await self.consoles.open(record, spec)
+            if self.after_start is not None:
+                await self.after_start(record)
+            await self.driver.resume(record.id)
+        except BaseException as exc:
+            await self.driver.kill(record.id)
+            self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
+            raise
+        return self._set(record.id, NodeState.RUNNING)
 
     async def stop(self, ref: str, timeout: float | None = None) -> NodeRecord:
         record = self.get(ref)
@@ -304,6 +339,7 @@ class NodeService:
             record = await self._transition(record.id, Action.WIPE)
             image = self.images.get(record.image)
             base = None if image.kind == ImageKind.CDROM else self.images.store.absolute(image.path)
+            self._refuse_if_checkpoints(record, "wipe", ["the disk"])
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
             return self._set(record.id, NodeState.STOPPED, "")
 

@@ -67,13 +67,17 @@ async def import_lab(
     request: Request, runtime: RuntimeDep,
     name: Annotated[str | None, Query(pattern=NAME_PATTERN,
                                       description="a name for the lab (default: its own)")] = None,
+    checkpoints: Annotated[bool, Query(
+        description="keep the nodes' checkpoints (false: delete them from the disks; QEMU "
+                    "loads a checkpoint's saved machine state as it is)")] = True,
 ) -> LabImported:  # fmt: skip
     """`curl -X POST -T lab.tar URL/api/labs/import` (the body is streamed to disk). Base images are
     found here by sha256, or imported from the archive; node disks are checked like uploads."""
     length = request.headers.get("content-length", "")
     done = await runtime.archiver.import_stream(
-        request.stream(), expected_size=int(length) if length.isdigit() else None, name=name
-    )
+        request.stream(), expected_size=int(length) if length.isdigit() else None, name=name,
+        checkpoints=checkpoints,
+    )  # fmt: skip
     info = LabInfo.of(runtime.labs.summary(done.lab))
     return LabImported(**info.model_dump(), images_imported=done.images_imported,
                        images_reused=done.images_reused)  # fmt: skip

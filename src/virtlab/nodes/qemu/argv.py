@@ -19,6 +19,11 @@ A link makes ``nicN.peer`` a symlink to the peer's socket, or to a relay's, whil
 Paths are escaped for QEMU's ``key=value,…`` syntax (a ``,`` becomes ``,,``); every disk and
 CD-ROM is opened with ``-blockdev`` and an explicit format, so QEMU never probes one. The
 overlay's format node is named ``disk0`` (snapshots and block jobs address it by that name).
+
+A node resumed from a checkpoint gets ``-loadvm TAG`` (:func:`checkpoint_args`): QEMU rolls
+the writable disk back to the checkpoint and loads its memory and devices before the guest
+runs. The read-only CD-ROM holds no snapshot and is not rolled back (QEMU leaves read-only
+devices out of internal snapshots); its content is the catalog's, which does not change.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import uuid
 from pathlib import Path
 
 from virtlab.errors import InvalidRequest
+from virtlab.nodes.checkpoints import validate_tag
 from virtlab.nodes.names import validate_mac, validate_name
 from virtlab.nodes.qemu.extra_args import ALLOWED_EXTRA_ARGS, check_extra_args
 from virtlab.nodes.spec import Accel, DiskBus, NicSpec, NodeSpec, RunPaths, UdpTunnel, UserNet
@@ -38,6 +44,7 @@ __all__ = [
     "CDROM_NODE",
     "DEFAULT_TCG_CPU",
     "DISK_NODE",
+    "MACHINE_PATTERN",
     "MAX_CPUS",
     "MAX_NICS",
     "QMP_CHARDEV",
@@ -45,6 +52,7 @@ __all__ = [
     "build_argv",
     "cdrom_args",
     "check_extra_args",
+    "checkpoint_args",
     "cpu_args",
     "disk_args",
     "display_args",
@@ -77,7 +85,8 @@ MAX_NICS = 0x1E - FIRST_NIC_SLOT + 1
 # Seccomp: no obsolete syscalls, no setuid & co, no fork/exec, no scheduler/affinity changes.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
-_MACHINE_RE = re.compile(r"pc|q35|pc-(i440fx|q35)-\d+\.\d+")
+MACHINE_PATTERN = r"pc|q35|pc-(i440fx|q35)-\d+\.\d+"
+_MACHINE_RE = re.compile(MACHINE_PATTERN)
 _CPU_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(,[+-]?[A-Za-z0-9_.-]+(=[A-Za-z0-9_.-]+)?)*")
 
 
@@ -113,6 +122,11 @@ def validate_spec(spec: NodeSpec) -> None:
             uuid.UUID(spec.uuid)
         except ValueError:
             raise InvalidRequest(f"node {spec.name}: {spec.uuid!r} is not a UUID") from None
+    if spec.loadvm is not None:
+        try:
+            validate_tag(spec.loadvm)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"node {spec.name}: {exc}") from None
     indexes = [nic.index for nic in spec.nics]
     if len(set(indexes)) != len(indexes):
         raise InvalidRequest(f"node {spec.name}: NIC indexes repeat: {sorted(indexes)}")
@@ -260,6 +274,12 @@ def cdrom_args(spec: NodeSpec) -> list[str]:
     return [*_blockdev(spec.cdrom, CDROM_NODE, "raw", read_only=True), "-device", device]
 
 
+def checkpoint_args(spec: NodeSpec) -> list[str]:
+    """``-loadvm TAG``: start from the checkpoint ``TAG`` in the disk instead of booting.
+    With ``-S`` too, the machine waits, loaded, for QMP ``cont``."""
+    return ["-loadvm", spec.loadvm] if spec.loadvm is not None else []
+
+
 def netdev_id(index: int) -> str:
     return f"net{index}"
 
@@ -329,5 +349,6 @@ def build_argv(spec: NodeSpec, *, binary: str = "qemu-system-x86_64") -> list[st
         *disk_args(spec),
         *cdrom_args(spec),
         *nic_args(spec),
+        *checkpoint_args(spec),
         *extra,
     ]

@@ -1,4 +1,9 @@
-"""The QEMU node driver: overlays by qemu-img, machines by qemu-system, control by QMP."""
+"""The QEMU node driver: overlays by qemu-img, machines by qemu-system, control by QMP.
+
+Checkpoints are internal snapshots of the disk's format node (``disk0``): saved and deleted
+by QMP jobs while the machine runs, listed and deleted by ``qemu-img`` while it does not, and
+loaded by ``-loadvm`` at start.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,16 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from virtlab.errors import Conflict
 from virtlab.images.qemu_img import QemuImg
+from virtlab.nodes.checkpoints import SavedState
 from virtlab.nodes.driver import NodeDriver
-from virtlab.nodes.qemu.argv import build_argv, nic_device_id
+from virtlab.nodes.qemu.argv import DISK_NODE, build_argv, nic_device_id
 from virtlab.nodes.qemu.monitor import Monitor, MonitorError
 from virtlab.nodes.qemu.process import LaunchFailure, QemuProcess, log_tail
 from virtlab.nodes.spec import NodeSpec
@@ -24,6 +32,7 @@ __all__ = ["QemuDriver"]
 log = logging.getLogger("virtlab.nodes")
 
 _SHUTDOWN = "SHUTDOWN"  # QMP event: the guest (or we) asked for power-off
+T = TypeVar("T")
 
 
 @dataclass
@@ -93,7 +102,7 @@ class QemuDriver(NodeDriver):
             if not process.alive or time.monotonic() > deadline:
                 why = "exited" if not process.alive else f"did not answer in {self.start_timeout} s"
                 raise LaunchFailure(
-                    f"QEMU for node {spec.name} {why}: {log_tail(spec.paths.log, 8)}",
+                    f"QEMU for node {spec.name} {why}: {_this_start(spec.paths.log)}",
                     (),
                     process.returncode,
                     log_tail(spec.paths.log),
@@ -187,6 +196,61 @@ class QemuDriver(NodeDriver):
     async def set_link(self, node_id: str, index: int, up: bool) -> None:
         await self._get(node_id).monitor.set_link(nic_device_id(index), up)
 
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    async def checkpoint(self, node_id: str, tag: str) -> SavedState:
+        machine = self._get(node_id)
+        monitor, pause = machine.monitor, not machine.suspended
+        started = time.monotonic()
+        if pause:
+            await monitor.stop()
+        try:
+            await self._while_alive(machine, monitor.snapshot_save(tag, DISK_NODE), "the save")
+        except BaseException:
+            if pause and machine.process.alive:
+                with contextlib.suppress(MonitorError):
+                    await monitor.cont()
+            raise
+        if pause:
+            await monitor.cont()
+        seconds = time.monotonic() - started
+        size = (await monitor.snapshots(DISK_NODE)).get(tag, 0)
+        return SavedState(tag, size, await monitor.version(), await monitor.machine_type(),
+                          seconds)  # fmt: skip
+
+    async def checkpoints(self, spec: NodeSpec) -> dict[str, int]:
+        machine = self._machines.get(spec.id)
+        if machine is not None:
+            return await machine.monitor.snapshots(DISK_NODE)
+        return await asyncio.to_thread(self.qemu_img.snapshots, spec.paths.disk)
+
+    async def delete_checkpoint(self, spec: NodeSpec, tag: str) -> None:
+        machine = self._machines.get(spec.id)
+        if machine is not None:
+            work = machine.monitor.snapshot_delete(tag, DISK_NODE)
+            await self._while_alive(machine, work, "the deletion of a checkpoint")
+        else:
+            await asyncio.to_thread(self.qemu_img.delete_snapshot, spec.paths.disk, tag)
+
+    async def _while_alive(self, machine: _Machine, work: Awaitable[T], what: str) -> T:
+        """``work``, unless QEMU ends first (a job of a dead QEMU never concludes)."""
+        job = asyncio.ensure_future(work)
+        ended = asyncio.ensure_future(machine.process.wait())
+        try:
+            await asyncio.wait({job, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not job.done():
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MonitorError):
+                    await job
+        if job.cancelled():
+            raise MonitorError(
+                f"QEMU of node {machine.spec.name} ended during {what}: "
+                f"{log_tail(machine.spec.paths.log, 4)}"
+            )
+        return job.result()
+
     async def adopt(self, spec: NodeSpec) -> NodeState | None:
         process = QemuProcess.adopt(spec.paths.pidfile, spec.paths.root, spec.paths.log)
         if process is None:
@@ -223,3 +287,10 @@ class QemuDriver(NodeDriver):
             machine.process.forget()
             await machine.monitor.close()
         self._machines.clear()
+
+
+def _this_start(log: Path, lines: int = 8) -> str:
+    """The log's last lines since its last ``--- … starting`` line (this start's own)."""
+    tail = log_tail(log, 60).splitlines()
+    starts = [i for i, line in enumerate(tail) if line.startswith("--- ") and "starting" in line]
+    return "\n".join(tail[starts[-1] + 1 if starts else 0 :][-lines:]).strip()

@@ -3,6 +3,10 @@
 One ``Monitor`` per running node: it connects to the node's QMP unix socket, keeps every event
 it sees (``SHUTDOWN``, ``STOP``, ``RESUME``, ``RESET``, …) in an async queue, and offers one
 method per command virtlab uses. Nothing here scrapes the human monitor.
+
+Checkpoints are QMP jobs (``snapshot-save``, ``snapshot-delete``): :meth:`Monitor.run_job`
+starts one, waits for its ``JOB_STATUS_CHANGE`` to ``concluded`` (a listener of its own, so the
+node's other events are not consumed), reads its error from ``query-jobs`` and dismisses it.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
-from virtlab.errors import ToolFailure
+from virtlab.errors import InsufficientStorage, ToolFailure
 
 __all__ = ["Monitor", "MonitorError"]
 
@@ -64,6 +69,19 @@ class Monitor:
         qemu = (await self._call("query-version"))["qemu"]
         return f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}"
 
+    async def machine_type(self) -> str:
+        """The resolved machine type: ``pc`` is an alias (``pc-i440fx-7.2`` on QEMU 7.2)."""
+        kind = str(await self._call("qom-get", path="/machine", property="type"))
+        return kind.removesuffix("-machine")
+
+    async def snapshots(self, node: str) -> dict[str, int]:
+        """The internal snapshots of block node ``node``: tag -> bytes of machine state."""
+        for block in await self._call("query-named-block-nodes", flat=True):
+            if block.get("node-name") == node:
+                found = block.get("image", {}).get("snapshots", [])
+                return {str(s["name"]): int(s.get("vm-state-size", 0)) for s in found}
+        raise MonitorError(f"QEMU of node {self.name} has no block node {node}")
+
     # -- commands -----------------------------------------------------------------------------
 
     async def system_powerdown(self) -> None:
@@ -89,6 +107,35 @@ class Monitor:
 
     async def set_link(self, device: str, up: bool) -> None:
         await self._call("set_link", name=device, up=up)
+
+    async def snapshot_save(self, tag: str, node: str) -> None:
+        """Save memory, devices and ``node``'s blocks as internal snapshot ``tag`` of ``node``.
+        The caller pauses the guest first (a running guest would change during the save)."""
+        await self.run_job("snapshot-save", tag=tag, vmstate=node, devices=[node])
+
+    async def snapshot_delete(self, tag: str, node: str) -> None:
+        await self.run_job("snapshot-delete", tag=tag, devices=[node])
+
+    async def run_job(self, command: str, **arguments: Any) -> None:
+        """Run a QMP job to its end; raise :class:`MonitorError` with its error if it failed."""
+        job_id = f"virtlab-{uuid.uuid4().hex[:12]}"
+        listener = EventListener(("JOB_STATUS_CHANGE",))
+        with self._qmp.listen(listener):  # listening before the job starts: no event missed
+            await self._call(command, **{"job-id": job_id}, **arguments)
+            while True:
+                data = (await listener.get())["data"]
+                if data.get("id") == job_id and data.get("status") == "concluded":
+                    break
+        jobs = await self._call("query-jobs")
+        error = next((j.get("error") for j in jobs if j.get("id") == job_id), None)
+        await self._call("job-dismiss", id=job_id)
+        if error and "No space left on device" in str(error):
+            raise InsufficientStorage(
+                f"QEMU of node {self.name} could not {command}: the data directory's disk is "
+                f"full ({error}); free some space and try again"
+            )
+        if error:
+            raise MonitorError(f"QEMU of node {self.name} could not {command}: {error}")
 
     # -- events -------------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ disk's data rarely shrinks much under a general compressor) of regular files onl
                                    blank: a CD-ROM node's install disk); per image: sha256,
                                    name, kind, whether the archive includes it
     lab.yaml                       the lab as a topology file (``LabService.export``)
-    nodes/<node>.qcow2             each node's disk as it is; an overlay's backing file is the
-                                   relative placeholder ``<sha256>.qcow2`` of its base image
+    nodes/<node>.qcow2             each node's disk as it is, its checkpoints inside (internal
+                                   snapshots; the manifest lists them with their records); an
+                                   overlay's backing file is the relative placeholder
+                                   ``<sha256>.qcow2`` of its base image
     images/<sha256>.<qcow2|iso>    with images: each base image's catalog file, as stored
 
 Export needs every node stopped or crashed: a running disk changes under the copy. The disks
@@ -22,6 +24,13 @@ from the archive through the normal import pipeline; then the lab is deployed st
 renamed to this catalog's names) and each node's fresh disk swapped for the archived one. A
 failure before the deploy leaves no lab; after it, the lab is destroyed. Images imported on
 the way stay in the catalog: they passed every check of an upload and may serve again.
+
+Checkpoints: a disk must hold exactly the checkpoints its manifest entry lists (an export drops
+from its copy any snapshot the catalog has no ready record of); their records are made for the
+imported nodes. ``checkpoints=False`` deletes them from the disks instead: a checkpoint's
+machine state is loaded by QEMU as it is, like an incoming migration, which QEMU does not
+treat as a security boundary, so an archive from a source not trusted that far is better
+imported without them.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from typing import BinaryIO
 
 from virtlab import __version__
 from virtlab.catalog import ImageRecord, NodeRecord
+from virtlab.catalog.checkpoints import READY, CheckpointRecord
 from virtlab.catalog.labs import LabRecord
 from virtlab.errors import Conflict, CorruptImage, NotFound
 from virtlab.images.formats import ImageKind
@@ -48,6 +58,7 @@ from virtlab.images.receive import receive
 from virtlab.images.store import Staging
 from virtlab.nodes.spec import RunPaths
 from virtlab.nodes.state import NodeState
+from virtlab.services.checkpoints import CheckpointService
 from virtlab.services.images import ImageService
 from virtlab.services.labs import LabService
 from virtlab.services.nodes import NodeService
@@ -58,6 +69,7 @@ from .archive import (
     FORMAT,
     VERSION,
     ArchiveStream,
+    CheckpointEntry,
     ImageEntry,
     Manifest,
     Member,
@@ -86,9 +98,10 @@ class LabImport:
 class LabArchiver:
     def __init__(
         self, labs: LabService, nodes: NodeService, images: ImageService, qemu_img: QemuImg,
-        work_dir: Path,
+        work_dir: Path, *, checkpoints: CheckpointService,
     ) -> None:  # fmt: skip
         self.labs, self.nodes, self.images, self.qemu_img = labs, nodes, images, qemu_img
+        self.checkpoints = checkpoints
         self.work_dir = work_dir  # DATA/staging: swept at start-up
         self._importing = asyncio.Lock()  # one at a time: two could import one image twice
 
@@ -121,13 +134,20 @@ class LabArchiver:
                 disks.copy_disks, self.qemu_img, self.nodes.nodes_dir, nodes, bases, work
             )
             self._require_quiet(lab.name, [self.nodes.get(n.id) for n in nodes])
+            saved = {}
+            for node, (_, copy) in zip(nodes, copies, strict=True):
+                rows = [r for r in self.checkpoints.of_node(node.id) if r.state == READY]
+                kept = await asyncio.to_thread(
+                    disks.keep_snapshots, self.qemu_img, copy, {r.tag for r in rows}
+                )
+                saved[node.name] = [r for r in rows if r.tag in kept]
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         manifest = Manifest(
             format=FORMAT, version=VERSION, virtlab_version=__version__, lab=lab.name,
             created_at=datetime.now(UTC),
-            nodes=[_node_entry(n, bases[n.name]) for n in nodes],
+            nodes=[_node_entry(n, bases[n.name], saved[n.name]) for n in nodes],
             images=[ImageEntry(sha256=b.sha256, name=b.name, kind=ImageKind(b.kind),
                                included=with_images) for b in used.values()],
         )  # fmt: skip
@@ -171,7 +191,7 @@ class LabArchiver:
 
     async def import_stream(
         self, chunks: AsyncIterator[bytes], *, expected_size: int | None = None,
-        name: str | None = None,
+        name: str | None = None, checkpoints: bool = True,
     ) -> LabImport:  # fmt: skip
         """Receive an uploaded archive into staging (under the upload cap), then import it."""
         work = self._new_work()
@@ -182,20 +202,25 @@ class LabArchiver:
                 job=ImportJob(id="lab-archive", source_name="lab archive"),
                 expected_size=expected_size,
             )  # fmt: skip
-            return await self.import_(archive, name=name)
+            return await self.import_(archive, name=name, checkpoints=checkpoints)
         finally:
             self._discard(work)
 
-    async def import_(self, archive: Path, *, name: str | None = None) -> LabImport:
-        """Make the archived lab here, stopped, named ``name`` if given. All or nothing."""
+    async def import_(
+        self, archive: Path, *, name: str | None = None, checkpoints: bool = True
+    ) -> LabImport:
+        """Make the archived lab here, stopped, named ``name`` if given, with its nodes'
+        checkpoints unless ``checkpoints`` is false. All or nothing."""
         async with self._importing:
             work = self._new_work()
             try:
-                return await self._import(archive, work, name)
+                return await self._import(archive, work, name, checkpoints)
             finally:
                 self._discard(work)
 
-    async def _import(self, archive: Path, work: Path, name: str | None) -> LabImport:
+    async def _import(
+        self, archive: Path, work: Path, name: str | None, keep_checkpoints: bool
+    ) -> LabImport:
         members = await asyncio.to_thread(read_members, archive)
         manifest = load_manifest(read_small(archive, members, "manifest.json"))
         wanted = load_lab(read_small(archive, members, "lab.yaml").decode("utf-8", "replace"))
@@ -212,11 +237,15 @@ class LabArchiver:
                 disks.inspect_disk, self.images.importer, copies[entry.name], entry
             )
         bases, imported, reused = await self._bases(archive, members, manifest)
+        sizes: dict[str, dict[str, int]] = {}
         for entry in manifest.nodes:
             base = bases[entry.image_sha256]
             path = self.images.store.absolute(base.path)
             await asyncio.to_thread(
                 disks.adopt_disk, self.qemu_img, copies[entry.name], entry, base, path
+            )
+            sizes[entry.name] = await asyncio.to_thread(
+                disks.check_snapshots, self.qemu_img, copies[entry.name], entry, keep_checkpoints
             )
         local = {e.name: bases[e.image_sha256].name for e in manifest.nodes}
         nodes = tuple(replace(n, image=local[n.name]) for n in wanted.nodes)
@@ -225,9 +254,14 @@ class LabArchiver:
         if not changed:  # made meanwhile by someone else: theirs, not ours to touch
             raise Conflict(f"a lab named {lab_name} already exists; import it under another name")
         try:
+            entries = {e.name: e for e in manifest.nodes}
             for record in self.labs.summary(lab).nodes:
                 target = RunPaths(self.nodes.nodes_dir / record.id).disk
                 await asyncio.to_thread(disks.put_in_place, copies[record.name], target)
+                for saved in entries[record.name].checkpoints if keep_checkpoints else []:
+                    self.checkpoints.add_row(
+                        _checkpoint_row(saved, record, lab, sizes[record.name][saved.tag])
+                    )
         except BaseException:
             await self.labs.destroy(lab.name)
             raise
@@ -275,7 +309,27 @@ class LabArchiver:
         return found, imported, reused
 
 
-def _node_entry(node: NodeRecord, base: ImageRecord) -> NodeEntry:
+def _node_entry(node: NodeRecord, base: ImageRecord, saved: list[CheckpointRecord]) -> NodeEntry:
     blank = base.kind == ImageKind.CDROM
+    checkpoints = [
+        CheckpointEntry(
+            tag=r.tag, lab=r.lab_id is not None, created_at=r.created_at, ram_mb=r.ram_mb,
+            vm_state_size=r.vm_state_size, save_seconds=r.save_seconds,
+            qemu_version=r.qemu_version, machine=r.machine, accel=r.accel,  # type: ignore[arg-type]
+        )
+        for r in saved
+    ]  # fmt: skip
     return NodeEntry(name=node.name, image=base.name, image_sha256=base.sha256,
-                     disk="blank" if blank else "overlay")  # fmt: skip
+                     disk="blank" if blank else "overlay", checkpoints=checkpoints)  # fmt: skip
+
+
+def _checkpoint_row(
+    saved: CheckpointEntry, node: NodeRecord, lab: LabRecord, size: int
+) -> CheckpointRecord:
+    return CheckpointRecord(
+        id=uuid.uuid4().hex[:16], node_id=node.id, tag=saved.tag, state=READY,
+        created_at=saved.created_at, ram_mb=saved.ram_mb,
+        lab_id=lab.id if saved.lab else None, vm_state_size=size,
+        save_seconds=saved.save_seconds, qemu_version=saved.qemu_version,
+        machine=saved.machine, accel=saved.accel, detail="imported from a lab archive",
+    )  # fmt: skip

@@ -28,15 +28,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from virtlab.errors import InvalidRequest, TooLarge, ToolFailure
 from virtlab.images.formats import ImageKind
 from virtlab.images.inspect.verdict import quoted
+from virtlab.nodes.checkpoints import TAG_PATTERN
+from virtlab.nodes.qemu.argv import MACHINE_PATTERN
 from virtlab.topology import ResolvedLab
 
 __all__ = [
-    "FORMAT", "VERSION", "ArchiveStream", "ImageEntry", "Manifest", "Member", "Members",
-    "NodeEntry", "check_consistent", "chunks_of", "extract", "load_manifest", "read_members",
-    "read_small",
+    "FORMAT", "VERSION", "ArchiveStream", "CheckpointEntry", "ImageEntry", "Manifest", "Member",
+    "Members", "NodeEntry", "check_consistent", "chunks_of", "extract", "load_manifest",
+    "read_members", "read_small",
 ]  # fmt: skip
 
-FORMAT, VERSION = "virtlab-lab-archive", 1
+# Version 2 added the nodes' checkpoints; version 1 archives (none) are still read.
+FORMAT, VERSION = "virtlab-lab-archive", 2
+READABLE = (1, 2)
 MAX_SMALL = 1 << 20  # manifest.json and lab.yaml
 MAX_MEMBERS = 4096
 CHUNK = 1 << 20
@@ -59,12 +63,28 @@ def _plain(value: str) -> str:
 ImageName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_plain)]
 
 
+class CheckpointEntry(BaseModel):
+    """A checkpoint inside a node's archived disk (an internal snapshot of it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tag: str = Field(pattern=TAG_PATTERN)
+    lab: bool  # one node's part of a lab checkpoint of that tag
+    created_at: datetime
+    ram_mb: int = Field(ge=16, le=1 << 20)
+    vm_state_size: int = Field(ge=0)
+    save_seconds: float = Field(ge=0)
+    qemu_version: str = Field(pattern=r"^[0-9][0-9A-Za-z.+~-]{0,31}$")
+    machine: str = Field(pattern=f"^(?:{MACHINE_PATTERN})$")
+    accel: Literal["tcg", "kvm"]
+
+
 class NodeEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=f"^{NAME}$")
     image: ImageName
     image_sha256: str = Field(pattern=f"^{SHA}$")
     disk: Literal["overlay", "blank"]  # blank: the install disk of a CD-ROM node
+    checkpoints: list[CheckpointEntry] = Field(default_factory=list, max_length=MAX_MEMBERS)
 
 
 class ImageEntry(BaseModel):
@@ -82,7 +102,7 @@ class ImageEntry(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: Literal["virtlab-lab-archive"]
-    version: Literal[1]
+    version: Literal[1, 2]
     virtlab_version: str = Field(max_length=64)
     lab: str = Field(pattern=f"^{NAME}$")
     created_at: datetime
@@ -95,10 +115,10 @@ def load_manifest(raw: bytes) -> Manifest:
         doc = json.loads(raw)
     except ValueError as exc:
         raise InvalidRequest(f"the archive's manifest.json is not JSON: {exc}") from exc
-    if isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("version") != VERSION:
+    if isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("version") not in READABLE:
         raise InvalidRequest(
             f"the archive is format version {quoted(str(doc.get('version')))}; this virtlab "
-            f"reads version {VERSION}"
+            f"reads versions {' and '.join(map(str, READABLE))}"
         )
     try:
         return Manifest.model_validate(doc)
@@ -121,6 +141,9 @@ def check_consistent(manifest: Manifest, lab: ResolvedLab, members: Members) -> 
             raise InvalidRequest(f"the archive's manifest lists no image for node {node.name}")
         if (node.disk == "blank") != (image.kind is ImageKind.CDROM):
             raise InvalidRequest(f"node {node.name}'s disk kind does not fit its image")
+        tags = [c.tag for c in node.checkpoints]
+        if len(set(tags)) != len(tags):
+            raise InvalidRequest(f"the archive's manifest lists a checkpoint of {node.name} twice")
     expected = {"manifest.json", "lab.yaml", *(f"nodes/{n}.qcow2" for n in listed),
                 *(i.member for i in manifest.images if i.included)}  # fmt: skip
     if set(members) != expected:

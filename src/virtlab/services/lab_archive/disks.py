@@ -11,6 +11,11 @@ then is it rebased (``qemu-img rebase -u`` opens the overlay alone, never its ba
 the catalog's base, and qemu-img must agree (``info``), and find no damage (``check``, the first
 call that opens the base). A blank install disk must have no backing file at all, like any
 upload.
+
+Checkpoints (internal snapshots) travel inside the disks. Out, a copy keeps only the snapshots
+the catalog has a ready record of; in, a disk must hold exactly those its manifest entry lists
+(``qemu-img info`` reads the table after ``check`` passed), or, imported without checkpoints,
+loses them all (``qemu-img snapshot -d`` on the copy, before it is put in place).
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from virtlab.nodes.spec import RunPaths
 
 from .archive import NodeEntry
 
-__all__ = ["adopt_disk", "copy_disks", "inspect_disk", "put_in_place", "rebase"]
+__all__ = [
+    "adopt_disk", "check_snapshots", "copy_disks", "inspect_disk", "keep_snapshots",
+    "put_in_place", "rebase",
+]  # fmt: skip
 
 _QCOW = struct.Struct(">4sIQII")  # magic, version, backing offset, backing size, cluster bits
 
@@ -145,6 +153,33 @@ def adopt_disk(
     check = qemu_img.check(path, "qcow2")
     if check.damaged:
         raise CorruptImage(f"{label} is damaged: qemu-img check says {check.message[:300]}")
+
+
+def keep_snapshots(qemu_img: QemuImg, copy: Path, keep: set[str]) -> set[str]:
+    """Delete from a disk's copy the snapshots not in ``keep``; the tags left in it."""
+    held = qemu_img.snapshots(copy)
+    for tag in held:
+        if tag not in keep:
+            qemu_img.delete_snapshot(copy, tag)
+    return set(held) & keep
+
+
+def check_snapshots(qemu_img: QemuImg, path: Path, entry: NodeEntry, keep: bool) -> dict[str, int]:
+    """The archived disk's checkpoints must be the manifest's; their sizes as the disk says.
+    Without ``keep``, they are deleted from the disk instead (and none is returned)."""
+    held = qemu_img.snapshots(path)
+    listed = {c.tag for c in entry.checkpoints}
+    if set(held) != listed:
+        raise InvalidRequest(
+            f"the archive's nodes/{entry.name}.qcow2 holds the checkpoints "
+            f"{', '.join(quoted(t) for t in sorted(held)) or 'none'} but its manifest lists "
+            f"{', '.join(sorted(listed)) or 'none'}; the archive is damaged or was altered"
+        )
+    if not keep:
+        for tag in held:
+            qemu_img.delete_snapshot(path, tag)
+        return {}
+    return held
 
 
 def put_in_place(disk: Path, target: Path) -> None:

@@ -1,0 +1,32 @@
+// Node states: their colours on the canvas and which actions each allows (the server's table,
+// mirrored so buttons are disabled when the server would refuse; the server still decides).
+
+export const STATE_COLOURS = {
+  stopped: "#7b8698",
+  starting: "#c98a00",
+  running: "#23915a",
+  suspended: "#3b73c4",
+  stopping: "#c4640a",
+  crashed: "#cf3a3a",
+};
+
+const S = ["stopped", "starting", "running", "suspended", "stopping", "crashed"];
+const ALLOWED = {
+  start: ["stopped", "crashed"],
+  stop: ["starting", "running", "suspended"],
+  kill: ["starting", "running", "suspended", "stopping"],
+  reset: ["running"],
+  suspend: ["running"],
+  resume: ["suspended"],
+  wipe: ["stopped", "crashed"],
+  delete: ["stopped", "crashed"],
+  edit: ["stopped", "crashed"],
+  console: ["starting", "running", "suspended", "stopping"],
+  screenshot: ["running", "suspended"],
+};
+
+export const STATES = S;
+
+export function allowed(state, action) {
+  return (ALLOWED[action] || []).includes(state);
+}
