@@ -36,15 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import logging
-import os
 from collections import deque
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from virtlab._util.dirwatch import DirWatch
 from virtlab.consoles.scrollback import Scrollback
 from virtlab.errors import Conflict
 
@@ -56,7 +55,6 @@ T = TypeVar("T")
 DEFAULT_SCROLLBACK = 256 * 1024
 _READ_SIZE = 64 * 1024
 _MAX_CHUNK = 64 * 1024  # a subscription hands out queued chunks joined up to this size
-_IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
 
 NOTICE_SLOW = b"\r\n[virtlab: this console client fell too far behind and was disconnected]\r\n"
 NOTICE_EXITED = b"\r\n[virtlab: serial console closed: the node's QEMU exited]\r\n"
@@ -176,56 +174,6 @@ class Subscription:
         return chunk
 
 
-class _DirWatch:
-    """Wakes :meth:`wait` when an entry is created in ``directory`` (Linux inotify).
-
-    Where inotify is unavailable (or the directory does not exist yet) :meth:`wait` just sleeps
-    for its timeout, which leaves the caller's back-off to do the work.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
-        self._fd = -1
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        except (OSError, AttributeError):
-            return
-        if fd < 0:
-            return
-        if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO) < 0:
-            os.close(fd)
-            return
-        self._fd = fd
-        self._loop.add_reader(fd, self._on_event)
-
-    def _on_event(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._fd, 65536):
-                pass
-        self._event.set()
-
-    def wake(self) -> None:
-        self._event.set()
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait for a new entry, at most ``timeout`` s; whether one appeared."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
-        woke = self._event.is_set()
-        self._event.clear()
-        return woke
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            # Closing an inotify descriptor waits for an RCU grace period (~10 ms here): not
-            # on the event loop.
-            self._loop.run_in_executor(None, os.close, self._fd)
-            self._fd = -1
-
-
 class SerialHub:
     """The one connection to a node's serial socket, shared by any number of subscribers."""
 
@@ -250,7 +198,7 @@ class SerialHub:
         self._subscribers: set[Subscription] = set()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self._watch: _DirWatch | None = None  # while start() waits for the socket
+        self._watch: DirWatch | None = None  # while start() waits for the socket
 
     def __repr__(self) -> str:
         return f"<SerialHub {self.socket_path} {self.state.value}>"
@@ -300,7 +248,7 @@ class SerialHub:
                 except OSError as exc:
                     raise self._unavailable(f"cannot be reached: {exc}") from exc
                 if self._watch is None:  # watch from now on, and try again: no event is missed
-                    self._watch = _DirWatch(self.socket_path.parent)
+                    self._watch = DirWatch(self.socket_path.parent)
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:

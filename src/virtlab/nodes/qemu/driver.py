@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from virtlab._util.dirwatch import DirWatch
 from virtlab.errors import Conflict
 from virtlab.images.qemu_img import QemuImg
 from virtlab.nodes.checkpoints import SavedState
@@ -95,27 +96,43 @@ class QemuDriver(NodeDriver):
         self._track(_Machine(spec, process, monitor))
 
     async def _connect(self, spec: NodeSpec, process: QemuProcess) -> Monitor:
-        """Connect to the QMP socket QEMU creates, unless QEMU dies or takes too long."""
+        """Connect to the QMP socket QEMU creates, unless QEMU dies or takes too long.
+
+        The node directory is watched (inotify), so the connection follows the socket's
+        creation at once rather than at the next poll.
+        """
         deadline = time.monotonic() + self.start_timeout
-        delay = 0.005
-        while True:
-            if not process.alive or time.monotonic() > deadline:
-                why = "exited" if not process.alive else f"did not answer in {self.start_timeout} s"
-                raise LaunchFailure(
-                    f"QEMU for node {spec.name} {why}: {_this_start(spec.paths.log)}",
-                    (),
-                    process.returncode,
-                    log_tail(spec.paths.log),
-                )
-            monitor = Monitor(spec.name)
-            try:
-                await monitor.connect(spec.paths.qmp)
-                return monitor
-            except MonitorError:  # not listening yet
-                await monitor.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), delay)
-            delay = min(delay * 2, 0.025)
+        watch: DirWatch | None = None
+        delay = 0.002
+        try:
+            while True:
+                if not process.alive or time.monotonic() > deadline:
+                    why = (
+                        "exited" if not process.alive
+                        else f"did not answer in {self.start_timeout} s"
+                    )  # fmt: skip
+                    raise LaunchFailure(
+                        f"QEMU for node {spec.name} {why}: {_this_start(spec.paths.log)}",
+                        (),
+                        process.returncode,
+                        log_tail(spec.paths.log),
+                    )
+                monitor = Monitor(spec.name)
+                try:
+                    await monitor.connect(spec.paths.qmp)
+                    return monitor
+                except MonitorError:  # not there, or bound but not listening yet
+                    await monitor.close()
+                if watch is None:  # watch from now on, and try again: no creation is missed
+                    watch = DirWatch(spec.paths.root)
+                    continue
+                # A new entry means another try at once; without one, back off (QEMU may
+                # also have died: that is checked each time round).
+                woke = await watch.wait(delay)
+                delay = 0.002 if woke else min(delay * 2, 0.025)
+        finally:
+            if watch is not None:
+                watch.close()
 
     def _track(self, machine: _Machine) -> None:
         self._machines[machine.spec.id] = machine
