@@ -4,6 +4,7 @@ import "@xterm/xterm/css/xterm.css";
 import "./styles/base.css";
 import "./styles/images.css";
 import "./styles/lab.css";
+import "./styles/checkpoints.css";
 import "./styles/consoles.css";
 
 import { consoles } from "./consoles/manager.js";

@@ -24,7 +24,8 @@ function stateBadge(state) {
   return h("span", { class: `state state-${state}` }, state);
 }
 
-/** `ctx`: { lab, nodes(), links(), thumb(id), select(sel), reload(), refreshThumb(node) }. */
+/** `ctx`: { lab, nodes(), links(), thumb(id), select(sel), reload(), refreshThumb(node),
+ * checkpoints (lab/checkpoints.js) }. */
 export function renderOverview(ctx) {
   const nodes = ctx.nodes();
   const links = ctx.links();
@@ -49,6 +50,7 @@ export function renderOverview(ctx) {
             l.capturing ? h("span", { class: "badge rec" }, "capturing") : null,
             Object.keys(l.impairment || {}).length ? h("span", { class: "badge warn" }, "impaired") : null)))
       : h("p", { class: "muted" }, `No links yet. ${nodes.length > 1 ? "Use “Draw link” and pick two nodes." : ""}`),
+    ctx.checkpoints.labPanel(),
   );  // prettier-ignore
 }
 
@@ -115,6 +117,7 @@ export function renderNode(ctx, node) {
         return h("tr", {}, h("td", {}, i.name), h("td", {}, h("code", {}, i.mac)),
           h("td", {}, link ? h("button", { type: "button", class: "link-like", onclick: () => ctx.select({ type: "link", id: link.id }) }, peer) : "–"));
       }))),
+    ctx.checkpoints.nodePanel(node),
     ctx.keep(`node:${node.id}:settings`, node, () => editForm(ctx, node)),
   );  // prettier-ignore
 }

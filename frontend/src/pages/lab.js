@@ -7,6 +7,7 @@ import { debounce, fill, h } from "../dom.js";
 import { events } from "../events.js";
 import { bytes } from "../format.js";
 import { LabCanvas } from "../lab/canvas.js";
+import { LabCheckpoints } from "../lab/checkpoints.js";
 import { addNodeDialog, linkDialog } from "../lab/dialogs.js";
 import { renderLink, renderNode, renderOverview } from "../lab/inspector.js";
 import { STATE_COLOURS } from "../lab/states.js";
@@ -99,6 +100,7 @@ export function mountLab(main, { name }) {
     }
   };
   const reloadSoon = debounce(reload, 150);
+  const checkpoints = new LabCheckpoints({ lab: name, nodes, reload: () => reload() });
 
   // Nodes from a topology file may have no position: lay them out on a grid and save it.
   const placeUnplaced = async () => {
@@ -180,6 +182,7 @@ export function mountLab(main, { name }) {
     select: (sel) => select(sel),
     reload,
     refreshThumb: (node) => thumbs.refresh(node),
+    checkpoints,
   };
   const renderInspector = () => {
     const sel = state.selected;
@@ -308,6 +311,7 @@ export function mountLab(main, { name }) {
   return () => {
     state.alive = false;
     offs.forEach((off) => off());
+    checkpoints.destroy();
     document.removeEventListener("keydown", onKey);
     thumbs.stop();
     canvas.destroy();
