@@ -10,6 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from virtlab import __version__
 from virtlab.api import errors, web
+from virtlab.api.access import guard_path
 from virtlab.api.auth import principal
 from virtlab.api.routes import (
     checkpoints,
@@ -51,8 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # a login form). Every other router, REST, WebSocket and download alike, needs a login.
     app.include_router(health.router)
     app.include_router(users.public)
-    logged_in = [Depends(principal)]
-    for module in (users, images, nodes, labs, lab_archive, checkpoints, links, events):
+    # Routers whose paths name a node (ref), a lab (name) or a link (link_id) also check that
+    # it is the requester's (virtlab.api.access).
+    logged_in, owned = [Depends(principal)], [Depends(principal), Depends(guard_path)]
+    for module in (users, images, events):
         app.include_router(module.router, dependencies=logged_in)
+    for module in (nodes, labs, lab_archive, checkpoints, links):
+        app.include_router(module.router, dependencies=owned)
     web.install(app)  # the web UI at /, once built (make setup)
     return app

@@ -48,13 +48,19 @@ def install(app: FastAPI) -> None:
 
 
 async def _refuse_websocket(ws: WebSocket, response: JSONResponse, exc: Exception) -> None:
-    """A WebSocket refused by a dependency (no login, another site's page): before it is
-    accepted, the HTTP answer to its handshake carries the status and the message (uvicorn
-    has the denial-response extension); else it is closed with 1008 (policy violation)."""
-    if ws.application_state == WebSocketState.CONNECTING:
+    """A WebSocket refused by a dependency. No login, or another site's page (401, 403):
+    before it is accepted, the HTTP answer to its handshake carries the status and the message
+    (uvicorn has the denial-response extension), else it is closed with 1008 (policy
+    violation). Anything else (no such node: 404): accepted, then closed with 4000 + status
+    and the reason, which a browser's WebSocket can read."""
+    connecting = ws.application_state == WebSocketState.CONNECTING
+    if connecting and response.status_code in (401, 403):
         if "websocket.http.response" in ws.scope.get("extensions", {}):
             await ws.send_denial_response(response)
-            return
-        await ws.close(code=1008, reason=str(exc)[:120])
+        else:
+            await ws.close(code=1008, reason=str(exc)[:120])
+    elif connecting:
+        await ws.accept()
+        await ws.close(code=4000 + response.status_code, reason=str(exc)[:120])
     elif ws.application_state == WebSocketState.CONNECTED:
         await ws.close(code=1011, reason=str(exc)[:120])
