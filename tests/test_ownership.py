@@ -144,3 +144,13 @@ def test_events_of_other_users_labs_are_not_sent(world: World) -> None:
 
     seen = asyncio.run(scenario())
     assert not [e for e in seen if "blab" in (e.get("lab"), e.get("name"))], seen
+
+
+def test_a_removed_users_labs_go_to_the_admins(world: World) -> None:
+    with world.server.client() as admin:
+        assert admin.delete("/api/users/bob").status_code == 204
+        assert admin.get("/api/labs/blab").json()["nodes"] == 2  # kept, now the admins'
+    with world.client(world.bob) as bob:
+        assert bob.get("/api/labs").status_code == 401  # his tokens ended with him
+    with world.client(world.alice) as alice:
+        _absent(alice.get("/api/labs/blab"), "no lab named")
