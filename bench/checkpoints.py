@@ -140,7 +140,9 @@ async def _answer(bench: Bench, node: dict[str, Any], t0: float, *, booting: boo
     """From ``t0`` until the node's shell answers a probe typed on its serial console."""
     n = next(_probes)
     token, typed = f"__PROBE{n}__".encode(), f'echo "__P""ROBE{n}__"\r'
-    async with connect(_ws_url(bench.url, node), max_queue=None) as ws:
+    async with connect(
+        _ws_url(bench.url, node), additional_headers=bench.headers, max_queue=None
+    ) as ws:
         if booting:
             await _until_marker(ws, node["name"])
         tail = b""
@@ -158,7 +160,9 @@ async def _answer(bench: Bench, node: dict[str, Any], t0: float, *, booting: boo
 
 
 async def _timed(bench: Bench, lab: str, path: str, *, booting: bool) -> LabRun:
-    async with httpx.AsyncClient(base_url=bench.url, timeout=BOOT_TIMEOUT) as api:
+    async with httpx.AsyncClient(
+        base_url=bench.url, headers=bench.headers, timeout=BOOT_TIMEOUT
+    ) as api:
         (await api.get("/api/health")).raise_for_status()  # the connection is open
         t0 = time.perf_counter()
         reply = await api.post(path)
@@ -180,7 +184,7 @@ def _nodes(client: httpx.Client, lab: str) -> list[dict[str, Any]]:
 
 
 def _kill_all(bench: Bench, lab: str) -> None:
-    with httpx.Client(base_url=bench.url, timeout=600) as client:
+    with httpx.Client(base_url=bench.url, headers=bench.headers, timeout=600) as client:
         for node in _nodes(client, lab):
             if node["state"] not in ("stopped", "crashed"):
                 reply = client.post(f"/api/nodes/{node['id']}/kill")
@@ -189,13 +193,13 @@ def _kill_all(bench: Bench, lab: str) -> None:
 
 
 def _empty_scrollbacks(bench: Bench, lab: str) -> None:
-    with httpx.Client(base_url=bench.url, timeout=60) as client:
+    with httpx.Client(base_url=bench.url, headers=bench.headers, timeout=60) as client:
         for node in _nodes(client, lab):
             (bench.node_dir(node["id"]) / "serial.scrollback").write_bytes(b"")
 
 
 def _take_checkpoint(bench: Bench, lab: str, result: CheckpointsResult) -> None:
-    with httpx.Client(base_url=bench.url, timeout=600) as client:
+    with httpx.Client(base_url=bench.url, headers=bench.headers, timeout=600) as client:
         t0 = time.perf_counter()
         reply = client.post(f"/api/labs/{lab}/checkpoints", json={"tag": TAG})
         result.checkpoint_seconds = time.perf_counter() - t0
@@ -218,7 +222,7 @@ def bench_checkpoints(
     text = ring_yaml(count)
     lab = f"ring{count}"
     with lab_server(workdir, server_env) as bench:
-        with httpx.Client(base_url=bench.url, timeout=600) as client:
+        with httpx.Client(base_url=bench.url, headers=bench.headers, timeout=600) as client:
             reply = client.post(
                 "/api/labs", content=text.encode(), params={"image": bench.image, "start": "false"},
                 headers={"content-type": "application/yaml"},

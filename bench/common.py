@@ -57,6 +57,11 @@ _CHUNK = 1 * MiB
 # -- the server ---------------------------------------------------------------------------------
 
 
+# The Authorization header for the server ``running_server`` started (the bench runs one at a
+# time): the uploaders and the stage poller below send it with every request.
+AUTH: dict[str, str] = {}
+
+
 @contextmanager
 def running_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
     """``virtlab serve`` on a free loopback port (the tests' helper), stopped by its pid after."""
@@ -66,10 +71,13 @@ def running_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterato
     from support.server import Server  # importable once tests/ is on the path
 
     server = Server(data_dir, env=env or {}).start()
+    AUTH.clear()
+    AUTH.update(server.headers)
     try:
         yield server
     finally:
         server.stop()
+        AUTH.clear()
 
 
 def server_env(src: Path | None) -> dict[str, str]:
@@ -157,7 +165,8 @@ def put_sendfile(url: str, path: Path, on_sent: Sent) -> Reply:
     head = (
         f"PUT {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n"
-        "Connection: close\r\n\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in AUTH.items())
+        + "Connection: close\r\n\r\n"
     )
     with socket.create_connection((host, port)) as sock:
         try:
@@ -185,6 +194,7 @@ def put_http_client(url: str, path: Path, on_sent: Sent) -> Reply:
                 headers={
                     "Content-Type": "application/octet-stream",
                     "Content-Length": str(path.stat().st_size),
+                    **AUTH,
                 },
             )
         on_sent()
@@ -210,6 +220,7 @@ def put_httpx(url: str, path: Path, on_sent: Sent) -> Reply:
             headers={
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(path.stat().st_size),
+                **AUTH,
             },
         )
         return Reply(response.status_code, response.content)
@@ -221,6 +232,7 @@ def put_curl(url: str, path: Path, on_sent: Sent) -> Reply:
     on_sent()
     done = subprocess.run(
         ["curl", "-sS", "-H", "Expect:", "-H", "Content-Type: application/octet-stream",
+         *[a for k, v in AUTH.items() for a in ("-H", f"{k}: {v}")],
          "-T", str(path), "-o", "-", "-w", "\n%{http_code}", url],
         capture_output=True, check=True,
     )  # fmt: skip
@@ -305,7 +317,7 @@ class StagePoller:
         try:
             while not self._stop.is_set():
                 try:
-                    conn.request("GET", path)
+                    conn.request("GET", path, headers=AUTH)
                     response = conn.getresponse()
                     body = response.read()
                 except (OSError, http.client.HTTPException):

@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import (
+    AUTH,
     CLIENTS,
     DEFAULT_CLIENT,
     GiB,
@@ -163,7 +164,8 @@ def run_virtlab(base_url: str, vmdk: Path, client: str, poll: float = 0.02) -> V
     poller.stop()
     if reply.status != 201:
         raise RuntimeError(f"virtlab refused the import ({reply.status}): {reply.body[:500]!r}")
-    httpx.delete(f"{base_url}/api/images/{reply.json()['name']}", timeout=60).raise_for_status()
+    name = reply.json()["name"]
+    httpx.delete(f"{base_url}/api/images/{name}", timeout=60, headers=AUTH).raise_for_status()
     seen = sorted(
         ((t, s) for s, t in poller.first_seen.items() if s in _STAGES), key=lambda p: p[0]
     )

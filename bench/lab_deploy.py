@@ -180,7 +180,9 @@ class DeployResult:
 async def _virtlab_deploy(bench: Bench, text: str) -> tuple[DeployRun, list[dict[str, Any]]]:
     name = _lab_name(text)
     limits = httpx.Limits(max_connections=8)
-    async with httpx.AsyncClient(base_url=bench.url, timeout=BOOT_TIMEOUT, limits=limits) as api:
+    async with httpx.AsyncClient(
+        base_url=bench.url, headers=bench.headers, timeout=BOOT_TIMEOUT, limits=limits
+    ) as api:
         (await api.get("/api/health")).raise_for_status()  # the connection is open
         t0 = time.perf_counter()
         reply = await api.post(
@@ -194,7 +196,9 @@ async def _virtlab_deploy(bench: Bench, text: str) -> tuple[DeployRun, list[dict
         nodes = lab["node_list"]
 
         async def marker(node: dict[str, Any]) -> float:
-            async with connect(_ws_url(bench.url, node), max_queue=None) as ws:
+            async with connect(
+                _ws_url(bench.url, node), additional_headers=bench.headers, max_queue=None
+            ) as ws:
                 await _until_marker(ws, node["name"])
             return time.perf_counter() - t0
 
@@ -228,7 +232,7 @@ def _destroy(bench: Bench, name: str, nodes: list[dict[str, Any]]) -> None:
     for node in nodes:
         with contextlib.suppress(OSError, ValueError):
             pids.append(bench.qemu_pid(node["id"]))
-    with httpx.Client(base_url=bench.url, timeout=600) as client:
+    with httpx.Client(base_url=bench.url, headers=bench.headers, timeout=600) as client:
         reply = client.delete(f"/api/labs/{name}")
         if reply.status_code not in (204, 404):
             raise RuntimeError(f"DELETE /api/labs/{name}: {reply.status_code} {reply.text}")
@@ -375,7 +379,7 @@ def bench_deploy(bench: Bench, workdir: Path, *, count: int, runs: int) -> Deplo
 
 
 def _lab_nodes(bench: Bench, name: str) -> list[dict[str, Any]]:
-    with httpx.Client(base_url=bench.url, timeout=60) as client:
+    with httpx.Client(base_url=bench.url, headers=bench.headers, timeout=60) as client:
         reply = client.get(f"/api/labs/{name}")
     return reply.json()["node_list"] if reply.status_code == 200 else []
 

@@ -48,6 +48,10 @@ class Bench:
         return self.server.url
 
     @property
+    def headers(self) -> dict[str, str]:
+        return self.server.headers
+
+    @property
     def data(self) -> Path:
         return self.server.data_dir
 
@@ -66,7 +70,7 @@ def lab_server(workdir: Path, env: dict[str, str] | None = None) -> Iterator[Ben
     disk = build_boot_disk(workdir / "boot.img")
     with running_server(data, env) as server:
         try:
-            with httpx.Client(base_url=server.url, timeout=300) as client:
+            with httpx.Client(base_url=server.url, headers=server.headers, timeout=300) as client:
                 reply = client.put("/api/images/boot.img", content=disk.read_bytes())
                 reply.raise_for_status()
                 image = reply.json()["name"]

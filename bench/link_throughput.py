@@ -153,7 +153,7 @@ async def _throughput(bench: Bench, size: int, runs: int) -> ThroughputResult:
     from support.console import SerialShell
 
     result = ThroughputResult(size)
-    api = httpx.AsyncClient(base_url=bench.url, timeout=300)
+    api = httpx.AsyncClient(base_url=bench.url, headers=bench.headers, timeout=300)
     shells: list[Any] = []
     nodes: list[dict[str, Any]] = []
     try:
@@ -170,7 +170,7 @@ async def _throughput(bench: Bench, size: int, runs: int) -> ThroughputResult:
             raise RuntimeError(f"POST /api/links: {made.status_code} {made.text}")
         link = made.json()["id"]
         for node, address in zip(nodes, ("10.0.0.1/24", "10.0.0.2/24"), strict=True):
-            shell = await SerialShell.open(bench.url, node)
+            shell = await SerialShell.open(bench, node)
             shells.append(shell)
             code, out = await shell.run(f"ip addr add {address} dev eth0 && ip link set eth0 up")
             if code != 0:

@@ -113,6 +113,10 @@ class Lab:
         return self.server.url
 
     @property
+    def headers(self) -> dict[str, str]:
+        return self.server.headers
+
+    @property
     def data(self) -> Path:
         return self.server.data_dir
 
@@ -124,7 +128,7 @@ class Lab:
         return self.data / "nodes" / node_id
 
     def base_path(self, image: str) -> Path:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=30) as client:
             reply = client.get(f"/api/images/{image}")
             reply.raise_for_status()
         return self.data / "images" / reply.json()["path"]
@@ -134,7 +138,7 @@ class Lab:
 
     def dispose(self, node_id: str) -> None:
         """Kill (if it runs) and delete a node; not timed."""
-        with httpx.Client(base_url=self.url, timeout=120) as client:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=120) as client:
             state = client.get(f"/api/nodes/{node_id}").json().get("state")
             if state in ("running", "suspended", "starting", "stopping"):
                 client.post(f"/api/nodes/{node_id}/kill").raise_for_status()
@@ -163,7 +167,7 @@ def node_lab(
     disk = build_boot_disk(workdir / "boot.img")
     with running_server(data, env) as server:
         try:
-            with httpx.Client(base_url=server.url, timeout=300) as client:
+            with httpx.Client(base_url=server.url, headers=server.headers, timeout=300) as client:
                 reply = client.put("/api/images/boot.img", content=disk.read_bytes())
                 reply.raise_for_status()
                 names = {i["name"] for i in client.get("/api/images").json()}
@@ -271,7 +275,7 @@ async def _first_bytes(ws: Any) -> bytes:
 
 
 async def _virtlab_start(lab: Lab, name: str) -> tuple[VirtlabStart, dict[str, Any], bytes]:
-    async with httpx.AsyncClient(base_url=lab.url, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=lab.url, headers=lab.headers, timeout=120) as client:
         (await client.get("/api/health")).raise_for_status()  # the connection is open
         t0 = time.perf_counter()
         reply = await client.post("/api/nodes", json=_spec(name, lab.image))
@@ -283,7 +287,7 @@ async def _virtlab_start(lab: Lab, name: str) -> tuple[VirtlabStart, dict[str, A
         t2 = time.perf_counter()
         if reply.status_code != 200:
             raise RuntimeError(f"POST start: {reply.status_code} {reply.text}")
-        async with connect(_ws_url(lab.url, node)) as ws:
+        async with connect(_ws_url(lab.url, node), additional_headers=lab.headers) as ws:
             first = await asyncio.wait_for(_first_bytes(ws), 120)
         t3 = time.perf_counter()
     return VirtlabStart(t1 - t0, t2 - t1, t3 - t2), node, first
@@ -460,7 +464,7 @@ def bench_overlay(lab: Lab, workdir: Path, runs: int, small: int, big: int) -> O
     out = workdir / "bare-overlay.qcow2"
     sides = ["virtlab_small", "virtlab_big", "bare_small", "bare_big"]
     paths = {image: lab.base_path(image) for image in (lab.small_base, lab.big_base)}
-    with httpx.Client(base_url=lab.url, timeout=120) as client:
+    with httpx.Client(base_url=lab.url, headers=lab.headers, timeout=120) as client:
         client.get("/api/health").raise_for_status()
         for i in range(runs + 1):  # the first round warms up and is not kept
             for side in sides if i % 2 == 0 else reversed(sides):
@@ -559,7 +563,9 @@ async def _many(lab: Lab, nodes: list[dict[str, Any]], result: ManyResult, timeo
     closed = asyncio.Event()
     settled: dict[str, asyncio.Event] = {n["id"]: asyncio.Event() for n in nodes}
     limits = httpx.Limits(max_connections=len(nodes) + 4)
-    async with httpx.AsyncClient(base_url=lab.url, timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=lab.url, headers=lab.headers, timeout=timeout, limits=limits
+    ) as client:
 
         async def one(node: dict[str, Any], t0: float) -> None:
             try:
@@ -567,7 +573,9 @@ async def _many(lab: Lab, nodes: list[dict[str, Any]], result: ManyResult, timeo
                 result.started.append(time.perf_counter() - t0)
                 if reply.status_code != 200:
                     raise RuntimeError(f"{node['name']}: start {reply.status_code} {reply.text}")
-                async with connect(_ws_url(lab.url, node), max_queue=None) as ws:
+                async with connect(
+                    _ws_url(lab.url, node), additional_headers=lab.headers, max_queue=None
+                ) as ws:
                     await _until_marker(ws, node["name"])
                     result.marker.append(time.perf_counter() - t0)
                     settled[node["id"]].set()
@@ -600,10 +608,10 @@ def _warm(lab: Lab) -> None:
     """One node booted to its marker and disposed of: the server's code paths are in."""
 
     async def boot() -> str:
-        async with httpx.AsyncClient(base_url=lab.url, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=lab.url, headers=lab.headers, timeout=120) as client:
             node = (await client.post("/api/nodes", json=_spec(lab.name("w"), lab.image))).json()
             (await client.post(f"/api/nodes/{node['id']}/start")).raise_for_status()
-            async with connect(_ws_url(lab.url, node)) as ws:
+            async with connect(_ws_url(lab.url, node), additional_headers=lab.headers) as ws:
                 await asyncio.wait_for(_until_marker(ws, node["name"]), 120)
         return node["id"]
 
@@ -617,7 +625,7 @@ def bench_many(lab: Lab, count: int, timeout: float = 900) -> ManyResult:
     result = ManyResult(count)
     nodes: list[dict[str, Any]] = []
     try:
-        with httpx.Client(base_url=lab.url, timeout=120) as client:
+        with httpx.Client(base_url=lab.url, headers=lab.headers, timeout=120) as client:
             start = time.perf_counter()
             for _ in range(count):
                 reply = client.post("/api/nodes", json=_spec(lab.name("m"), lab.image))
@@ -641,7 +649,7 @@ def bench_many(lab: Lab, count: int, timeout: float = 900) -> ManyResult:
 
 def _kill_all(lab: Lab, nodes: list[dict[str, Any]]) -> None:
     async def kill() -> None:
-        async with httpx.AsyncClient(base_url=lab.url, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=lab.url, headers=lab.headers, timeout=120) as client:
             await asyncio.gather(
                 *(client.post(f"/api/nodes/{n['id']}/kill") for n in nodes),
                 return_exceptions=True,

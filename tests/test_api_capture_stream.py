@@ -116,9 +116,9 @@ def test_live_stream_as_wireshark_reads_it(pair: tuple[Server, dict, dict]) -> N
     server, n1, n2 = pair
 
     async def scenario() -> None:
-        s1 = await SerialShell.open(server.url, n1)
-        s2 = await SerialShell.open(server.url, n2)
-        api = httpx.AsyncClient(base_url=server.url, timeout=120)
+        s1 = await SerialShell.open(server, n1)
+        s2 = await SerialShell.open(server, n2)
+        api = server.async_client()
         try:
             for shell, address in ((s1, "10.0.0.1/24"), (s2, "10.0.0.2/24")):
                 up = f"ip addr add {address} dev eth1 && ip link set eth1 up"

@@ -97,7 +97,7 @@ def test_a_cdrom_node_boots_from_the_cd_and_sees_its_blank_disk(lab: tuple[Serve
     ws_url = server.url.replace("http", "ws") + node["consoles"]["serial"]["ws"]
 
     async def console() -> tuple[bytes, bytes]:
-        async with connect(ws_url) as ws:
+        async with connect(ws_url, additional_headers=server.headers) as ws:
             await _ws_until(ws, MARKER)  # booted: only the CD-ROM holds a kernel
             await ws.send("echo $((6*7))\r")
             await _ws_until(ws, rb"\b42\b")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from support.console import SerialShell
@@ -28,7 +27,7 @@ def lab_server(booted_server: tuple[Server, str]) -> tuple[Server, str]:
 def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [VIRTLAB, *args], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "VIRTLAB_URL": server.url, "COLUMNS": "200"},
+        env={**os.environ, **server.cli_env, "COLUMNS": "200"},
     )  # fmt: skip
 
 
@@ -44,7 +43,7 @@ def test_a_chain_routes_and_redeploys_unchanged(lab_server: tuple[Server, str]) 
     assert {n["state"] for n in nodes.values()} == {"running"}
 
     async def route() -> None:
-        h1, r, h2 = [await SerialShell.open(server.url, nodes[n]) for n in ("h1", "r", "h2")]
+        h1, r, h2 = [await SerialShell.open(server, nodes[n]) for n in ("h1", "r", "h2")]
         for shell, commands in (
             (h1, ["ip addr add 10.1.0.1/24 dev eth0", "ip link set eth0 up",
                   "ip route add default via 10.1.0.254"]),
@@ -144,6 +143,6 @@ topology:
 
 def test_the_schema_is_published(lab_server: tuple[Server, str]) -> None:
     server, _ = lab_server
-    with httpx.Client(base_url=server.url) as client:
+    with server.client() as client:
         schema = client.get("/api/labs/schema").json()
     assert schema["title"] and "topology" in json.dumps(schema)

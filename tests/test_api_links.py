@@ -11,7 +11,6 @@ import re
 import struct
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from support.api_pair import api_pair
@@ -37,13 +36,13 @@ def test_ping_down_up_capture_delay_loss(pair: tuple[Server, dict, dict]) -> Non
     server, r1, r2 = pair
 
     async def scenario() -> None:
-        s1 = await SerialShell.open(server.url, r1)
-        s2 = await SerialShell.open(server.url, r2)
+        s1 = await SerialShell.open(server, r1)
+        s2 = await SerialShell.open(server, r2)
         for shell, address in ((s1, "10.0.0.1/24"), (s2, "10.0.0.2/24")):
             assert (await shell.run(f"ip addr add {address} dev eth1 && ip link set eth1 up"))[
                 0
             ] == 0
-        api = httpx.AsyncClient(base_url=server.url, timeout=120)
+        api = server.async_client()
 
         async def ping(count: int = 3) -> tuple[int, str]:
             return await s1.run(f"ping -c {count} -W 2 10.0.0.2", timeout=120)

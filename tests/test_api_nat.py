@@ -72,8 +72,8 @@ topology:
         assert user == [f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:7"], user
 
     async def reach() -> None:
-        h1 = await SerialShell.open(server.url, nodes["h1"])
-        h2 = await SerialShell.open(server.url, nodes["h2"])
+        h1 = await SerialShell.open(server, nodes["h1"])
+        h2 = await SerialShell.open(server, nodes["h2"])
         await _serve_once(h1, "eth0", "through-nat")
         await _serve_once(h2, "eth0", "through-mgmt")
         assert (await _read_forward(nat_port)).strip() == b"through-nat"

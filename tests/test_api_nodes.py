@@ -99,7 +99,7 @@ def test_a_node_boots_and_answers_on_every_console(lab: tuple[Server, str]) -> N
     telnet_port = node["consoles"]["serial"]["telnet_port"]
 
     async def consoles() -> None:
-        async with connect(ws_url) as ws:
+        async with connect(ws_url, additional_headers=server.headers) as ws:
             boot_log = await _ws_until(ws, MARKER)
             # QEMU starts halted until the hub listens: the boot loader's first line is kept.
             assert b"SYSLINUX" in boot_log, boot_log[:300]
@@ -145,7 +145,8 @@ def test_vnc_speaks_rfb_through_the_websocket_and_the_tcp_port(lab: tuple[Server
 
     async def both() -> None:
         ws_url = server.url.replace("http", "ws") + node["consoles"]["vnc"]["ws"]
-        async with connect(ws_url, subprotocols=["binary"]) as ws:
+        binary = ["binary"]
+        async with connect(ws_url, subprotocols=binary, additional_headers=server.headers) as ws:
             rfb = Rfb.over_websocket(ws)
             width, height, bpp, name = await rfb.handshake()
             assert width > 0 and height > 0 and name.startswith(b"QEMU")
@@ -159,7 +160,7 @@ def test_vnc_speaks_rfb_through_the_websocket_and_the_tcp_port(lab: tuple[Server
     # Wait for text on the screen before asking VNC for it.
     async def booted() -> None:
         serial = server.url.replace("http", "ws") + node["consoles"]["serial"]["ws"]
-        async with connect(serial) as ws:
+        async with connect(serial, additional_headers=server.headers) as ws:
             await _ws_until(ws, MARKER)
 
     asyncio.run(booted())
@@ -236,7 +237,7 @@ def test_nodes_outlive_the_server_and_are_re_adopted(lab: tuple[Server, str]) ->
     ws_url = server.url.replace("http", "ws") + node["consoles"]["serial"]["ws"]
 
     async def marker(url: str) -> None:
-        async with connect(url) as ws:
+        async with connect(url, additional_headers=server.headers) as ws:
             await _ws_until(ws, MARKER)
 
     asyncio.run(marker(ws_url))
@@ -249,7 +250,7 @@ def test_nodes_outlive_the_server_and_are_re_adopted(lab: tuple[Server, str]) ->
     ws_url = server.url.replace("http", "ws") + node["consoles"]["serial"]["ws"]
 
     async def talk() -> None:
-        async with connect(ws_url) as ws:
+        async with connect(ws_url, additional_headers=server.headers) as ws:
             await _ws_until(ws, MARKER)  # the scrollback survived the restart
             await ws.send("echo $((9*9))\r")
             await _ws_until(ws, rb"\b81\b")
@@ -276,7 +277,7 @@ def test_a_node_that_died_while_the_server_was_down_is_crashed(lab: tuple[Server
 
 def test_the_cli_drives_nodes(lab: tuple[Server, str]) -> None:
     server, image = lab
-    env = {**os.environ, "VIRTLAB_URL": server.url}
+    env = {**os.environ, **server.cli_env}
     virtlab = str(Path(sys.executable).with_name("virtlab"))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
@@ -309,7 +310,7 @@ def test_the_cli_console_bridges_a_terminal(lab: tuple[Server, str]) -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "VIRTLAB_URL": server.url},
+        env={**os.environ, **server.cli_env},
     )
     seen = bytearray()
     grew = threading.Condition()

@@ -53,7 +53,7 @@ def test_the_cli_fails_when_the_text_never_shows(
     done = subprocess.run(
         [VIRTLAB, "image", "boot-test", booted, "--seconds", "3", "--expect", "NEVER-PRINTED",
          "--screenshot", str(shot)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "VIRTLAB_URL": server.url},
+        capture_output=True, text=True, timeout=300, env={**os.environ, **server.cli_env},
     )  # fmt: skip
     assert done.returncode == 1
     assert "failed" in done.stdout
@@ -65,7 +65,7 @@ def test_the_cli_fails_when_the_text_never_shows(
 def test_without_expect_it_passes_when_the_machine_still_runs(server: Server, booted: str) -> None:
     done = subprocess.run(
         [VIRTLAB, "image", "boot-test", booted, "--seconds", "2", "--json"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "VIRTLAB_URL": server.url},
+        capture_output=True, text=True, timeout=300, env={**os.environ, **server.cli_env},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["reason"] == "the machine was still running after 2 s"

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(900)
 def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [VIRTLAB, *args], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "VIRTLAB_URL": server.url, "COLUMNS": "200"},
+        env={**os.environ, **server.cli_env, "COLUMNS": "200"},
     )  # fmt: skip
 
 
@@ -61,7 +61,7 @@ def state_of(client: httpx.Client, ref: str, wanted: str, timeout: float = 60) -
 
 async def type_on(server: Server, node: dict, command: str, *, boots: int) -> str:
     """Type on the node's console once its scrollback shows ``boots`` boot markers."""
-    shell = await SerialShell.open(server.url, node, booted=False)
+    shell = await SerialShell.open(server, node, booted=False)
     try:
         for _ in range(boots):
             await shell.wait_for(BOOT_MARKER.encode(), 120)
@@ -72,10 +72,10 @@ async def type_on(server: Server, node: dict, command: str, *, boots: int) -> st
         await shell.close()
 
 
-async def _collect(url: str, act: Callable, until: Callable) -> list[dict]:
+async def _collect(server: Server, act: Callable, until: Callable) -> list[dict]:
     """Events from ``/api/events`` while ``act()`` runs, until ``until(events)``."""
     seen: list[dict] = []
-    async with connect(url.replace("http", "ws", 1) + "/api/events") as ws:
+    async with connect(server.ws_url("/api/events"), additional_headers=server.headers) as ws:
         task = asyncio.create_task(asyncio.to_thread(act))
 
         async def loop() -> None:
@@ -138,7 +138,7 @@ def test_a_lab_checkpoint_reports_progress_and_belongs_to_the_lab(
             assert client.post("/api/labs/prog/checkpoints", json={"tag": "t"}).status_code == 201
 
     events = asyncio.run(_collect(
-        server.url, take,
+        server, take,
         lambda seen: any(e["kind"] == "checkpoint" and e["state"] == "saved" for e in seen),
     ))  # fmt: skip
     mine = [e for e in events if e["kind"] == "checkpoint" and e["lab"] == "prog"]

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(900)
 def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [VIRTLAB, *args], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "VIRTLAB_URL": server.url, "COLUMNS": "200"},
+        env={**os.environ, **server.cli_env, "COLUMNS": "200"},
     )  # fmt: skip
 
 
@@ -59,7 +59,7 @@ def wait_states(server: Server, lab: str, states: set[str], timeout: float = 60)
 
 
 async def shells(server: Server, nodes: dict[str, dict], booted: bool) -> dict[str, SerialShell]:
-    return {name: await SerialShell.open(server.url, nodes[name], booted=booted)
+    return {name: await SerialShell.open(server, nodes[name], booted=booted)
             for name in ("a", "b")}  # fmt: skip
 
 

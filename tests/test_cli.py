@@ -18,6 +18,7 @@ VIRTLAB = str(Path(sys.executable).with_name("virtlab"))
 
 def cli(server: Server | None, *args: str, url: str | None = None) -> subprocess.CompletedProcess:
     env = {"VIRTLAB_URL": url or (server.url if server else ""), "COLUMNS": "200"}
+    env["VIRTLAB_TOKEN"] = server.token if server else ""
     return subprocess.run(
         [VIRTLAB, *args], capture_output=True, text=True, timeout=300,
         env={**__import__("os").environ, **env},

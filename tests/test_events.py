@@ -6,7 +6,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -32,7 +31,8 @@ def test_imports_and_node_changes_are_streamed(
     url = server.url.replace("http", "ws") + "/api/events"
 
     async def scenario() -> tuple[list[dict], list[dict]]:
-        async with connect(url) as ws, httpx.AsyncClient(base_url=server.url, timeout=120) as api:
+        ws_ = connect(url, additional_headers=server.headers)
+        async with ws_ as ws, server.async_client() as api:
             image = (await api.put("/api/images/ev.img", content=raw)).json()["name"]
             imports = await _collect(
                 ws, lambda s: any(e["kind"] == "import" and e["state"] == "succeeded" for e in s)
@@ -67,7 +67,8 @@ def test_lab_and_link_changes_are_streamed(
     url = server.url.replace("http", "ws") + "/api/events"
 
     async def scenario() -> list[dict]:
-        async with connect(url) as ws, httpx.AsyncClient(base_url=server.url, timeout=120) as api:
+        ws_ = connect(url, additional_headers=server.headers)
+        async with ws_ as ws, server.async_client() as api:
             image = (await api.put("/api/images/evlab.img", content=raw)).json()["name"]
             body = {"topology": topology, "image": image, "start": False}
             assert (await api.post("/api/labs", json=body)).status_code == 201

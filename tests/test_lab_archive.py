@@ -48,14 +48,14 @@ class Origin:
 def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [VIRTLAB, *args], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "VIRTLAB_URL": server.url, "COLUMNS": "200"},
+        env={**os.environ, **server.cli_env, "COLUMNS": "200"},
     )  # fmt: skip
 
 
 async def md5_of_disk(server: Server, node: str, *, write: bool = False) -> str:
     with server.client() as client:
         info = client.get(f"/api/nodes/{LAB}:{node}").json()
-    shell = await SerialShell.open(server.url, info)
+    shell = await SerialShell.open(server, info)
     try:
         if write:
             status, output = await shell.run(WRITE, timeout=120)
@@ -449,7 +449,7 @@ topology:
 
 
 async def run_on(server: Server, node: dict, command: str, *, booted: bool = True) -> str:
-    shell = await SerialShell.open(server.url, node, booted=booted)
+    shell = await SerialShell.open(server, node, booted=booted)
     try:
         status, output = await shell.run(command, timeout=120)
         assert status == 0, output

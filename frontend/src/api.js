@@ -51,7 +51,13 @@ export async function request(method, path, body, { headers = {}, signal } = {})
     if (exc.name === "AbortError") throw exc;
     throw new ApiError(0, `the server could not be reached (${exc.message})`);
   }
-  if (!res.ok) throw await errorOf(res);
+  if (!res.ok) {
+    const error = await errorOf(res);
+    if (res.status === 401 && path !== "/api/login" && path !== "/api/me") {
+      window.dispatchEvent(new CustomEvent("virtlab:unauthorized", { detail: error.detail }));
+    }
+    throw error;
+  }
   if (res.status === 204) return null;
   const type = res.headers.get("content-type") || "";
   return type.includes("json") ? res.json() : res.text();

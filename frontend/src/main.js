@@ -7,6 +7,7 @@ import "./styles/lab.css";
 import "./styles/checkpoints.css";
 import "./styles/consoles.css";
 
+import { showAccount, showLogin, whoAmI } from "./auth.js";
 import { consoles } from "./consoles/manager.js";
 import { mountConsolesPage, mountConsoleWindow } from "./consoles/page.js";
 import { events } from "./events.js";
@@ -27,11 +28,29 @@ const LIVE = {
   closed: "Offline: reconnecting…",
 };
 
-function start() {
+async function start() {
   // The skip link must not change the hash: the hash is the route.
   document.querySelector(".skip-link").addEventListener("click", (e) => {
     e.preventDefault();
     document.getElementById("main").focus();
+  });
+  let me;
+  try {
+    me = await whoAmI();
+  } catch (exc) {
+    me = null;
+    showLogin(`the server could not be reached: ${exc.detail || exc.message}`);
+    return;
+  }
+  if (!me) {
+    showLogin();
+    return;
+  }
+  showAccount(me);
+  // A session that ends while the page is open (expired, logged out elsewhere, password
+  // changed): back to the login form, with the server's reason.
+  window.addEventListener("virtlab:unauthorized", (e) => {
+    if (document.body.dataset.auth !== "out") showLogin(e.detail);
   });
   const live = document.getElementById("live");
   events.onStatus((status) => {

@@ -7,6 +7,8 @@ to what, and what to do next. The API maps each class to an HTTP status through
 ::
 
     VirtlabError
+     ├── Unauthorized              no valid session or token                 (401)
+     ├── Forbidden                 known, but not allowed to do this         (403)
      ├── NotFound                  a named thing does not exist              (404)
      ├── Conflict                  the request clashes with current state    (409)
      │    └── ImageInUse           an image is needed by something else      (409)
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 __all__ = [
     "Conflict",
     "CorruptImage",
+    "Forbidden",
     "ImageInUse",
     "ImageRejected",
     "InsufficientStorage",
@@ -38,6 +41,7 @@ __all__ = [
     "NotFound",
     "TooLarge",
     "ToolFailure",
+    "Unauthorized",
     "UnsafeImage",
     "UnsupportedImage",
     "VirtlabError",
@@ -53,6 +57,14 @@ class VirtlabError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Unauthorized(VirtlabError):
+    """A request came with no credentials, or with a token that is unknown, expired or revoked."""
+
+
+class Forbidden(VirtlabError):
+    """The requester is known but may not do this (their role, or a request from another site)."""
 
 
 class NotFound(VirtlabError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 
 from virtlab._util.proc import Limits
@@ -30,6 +31,7 @@ from virtlab.services.lab_archive import LabArchiver
 from virtlab.services.labs import LabService
 from virtlab.services.links import LinkService
 from virtlab.services.nodes import NodeService
+from virtlab.services.users import UserService
 from virtlab.settings import Settings
 
 __all__ = ["Runtime"]
@@ -49,6 +51,7 @@ class Runtime:
     labs: LabService = None  # type: ignore[assignment]
     archiver: LabArchiver = None  # type: ignore[assignment]
     checkpoints: CheckpointService = None  # type: ignore[assignment]
+    users: UserService = None  # type: ignore[assignment]
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
 
@@ -115,6 +118,7 @@ class Runtime:
             runtime.labs, runtime.nodes, images, qemu_img, settings.staging_dir,
             checkpoints=runtime.checkpoints,
         )  # fmt: skip
+        runtime.users = UserService(catalog, session_hours=settings.session_hours)
         images.users_of = runtime._image_users
         return runtime
 
@@ -144,6 +148,14 @@ class Runtime:
         self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()
         self.catalog.migrate()
+        generated = self.users.bootstrap(self.settings.admin_password)
+        if generated is not None:
+            print(
+                f"virtlab: made the first user 'admin' with password {generated} "
+                "(shown once; change it with 'virtlab user passwd admin')",
+                file=sys.stderr,
+                flush=True,
+            )
         for gone in self.images.sweep():
             log.warning("start-up sweep removed %s", gone)
         report = self.images.scan()

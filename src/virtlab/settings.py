@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,16 @@ class Settings(BaseSettings):
     vnc_tcp: bool = True  # a TCP VNC port per node, for desktop VNC clients
     stop_timeout: float = 30.0  # seconds a guest gets to power off before a hard stop
     stop_nodes_on_exit: bool = False  # by default nodes outlive the server
+
+    # Access.
+    admin_password: str | None = Field(
+        default=None,
+        description="the first admin's password, used only when the catalog has no user yet; "
+        "without it one is generated and printed once",
+    )
+    session_hours: float = Field(default=12.0, gt=0)  # a browser session's lifetime
+    upload_role: Literal["user", "admin"] = "user"  # who may upload, import and add images
+    image_delete_role: Literal["user", "admin"] = "admin"  # who may delete images
 
     # Testing aid: kill the server (SIGKILL, as a power cut would) at a named point of the
     # import pipeline. Used only by the crash-safety tests; see virtlab.images.importer.

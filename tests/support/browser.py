@@ -9,7 +9,9 @@ module. Load the fixtures in a test module with ``pytest_plugins = ["support.bro
         expect(page.get_by_role("heading", name="Images")).to_be_visible()
         ui.shot(page, "images")            # artifacts/ui/images.png
 
-Every page fails its test on a JavaScript error, and on a request to anywhere but the server
+``open()`` logs in as the server's admin through the login form when the page shows it (the
+browser then keeps the session cookie for that server). Every page fails its test on a
+JavaScript error, and on a request to anywhere but the server
 (the UI must fetch nothing from outside). A failing test leaves a screenshot of its page
 beside the others, named ``FAILED-<test>.png``.
 """
@@ -63,7 +65,18 @@ class UI:
             page.set_viewport_size(viewport)
         self.watch(page, server)
         page.goto(f"{server.url}/{route}")
+        page.wait_for_selector("body[data-auth]")  # the page has asked /api/me
+        if page.get_attribute("body", "data-auth") == "out":
+            self.log_in(page, "admin", str(server.admin_password))
         return page
+
+    def log_in(self, page: Page, name: str, password: str) -> None:
+        """Through the login form, as a person would: by the fields' labels."""
+        form = page.get_by_role("form", name="Log in to virtlab")
+        form.get_by_label("User name").fill(name)
+        form.get_by_label("Password").fill(password)
+        form.get_by_role("button", name="Log in").click()
+        expect(page.locator("#account")).to_contain_text(name)
 
     def watch(self, page: Page, server: Server) -> Page:
         """Fail the test on ``page``'s JavaScript errors and requests outside ``server``

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -27,9 +28,10 @@ class SerialShell:
         self.seen = b""
 
     @classmethod
-    async def open(cls, server_url: str, node: dict, *, booted: bool = True) -> SerialShell:
-        url = server_url.replace("http", "ws", 1) + node["consoles"]["serial"]["ws"]
-        shell = cls(await connect(url, max_size=None))
+    async def open(cls, server: Any, node: dict, *, booted: bool = True) -> SerialShell:
+        """``server``: a ``Server`` (or anything with its ``url`` and ``headers``)."""
+        url = server.url.replace("http", "ws", 1) + node["consoles"]["serial"]["ws"]
+        shell = cls(await connect(url, max_size=None, additional_headers=server.headers))
         if booted:
             await shell.wait_for(BOOT_MARKER.encode(), 120)
         return shell

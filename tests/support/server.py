@@ -2,6 +2,10 @@
 
 Started with the installed ``virtlab serve`` command, as a user would; ready when uvicorn says
 so on stderr (an event, not a sleep); stopped by its pid.
+
+Its first admin gets :data:`ADMIN_PASSWORD`; once started it logs in for an API token
+(``token``), which :meth:`Server.client`, :attr:`Server.headers` (for WebSockets) and
+:attr:`Server.cli_env` (for the CLI) carry.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Server", "free_port"]
+__all__ = ["ADMIN_PASSWORD", "Server", "free_port"]
+
+ADMIN_PASSWORD = "test-admin-password"
 
 # uvicorn logs "Application startup complete" before it binds its socket; this line comes after.
 _READY = "Uvicorn running on"
@@ -37,6 +43,7 @@ class Server:
     port: int = 0
     proc: subprocess.Popen | None = None
     log: list[str] = field(default_factory=list)
+    token: str = ""  # the admin's API token, made at each start
 
     @property
     def url(self) -> str:
@@ -45,7 +52,8 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         self.port = free_port()
         self._ready = ready = threading.Event()
-        env = {**os.environ, **self.env}
+        env = {**os.environ, "VIRTLAB_ADMIN_PASSWORD": ADMIN_PASSWORD, **self.env}
+        env.pop("VIRTLAB_TOKEN", None)
         argv = [
             str(Path(sys.executable).with_name("virtlab")), "serve", "--host", "127.0.0.1",
             "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", "info",
@@ -63,7 +71,36 @@ class Server:
         if not ready.wait(timeout) or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError("virtlab serve did not start:\n" + "\n".join(self.log[-40:]))
+        if self.admin_password is not None:
+            self.token = self.login("admin", self.admin_password)
         return self
+
+    @property
+    def admin_password(self) -> str | None:
+        """The first admin's password, unless the test's ``env`` leaves it to be generated."""
+        return self.env.get("VIRTLAB_ADMIN_PASSWORD", ADMIN_PASSWORD) or None
+
+    def login(self, name: str, password: str, kind: str = "api") -> str:
+        """A bearer value for ``name``."""
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            reply = client.post(
+                "/api/login", json={"name": name, "password": password, "kind": kind}
+            )
+            reply.raise_for_status()
+            return reply.json()["token"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Authorization`` for the admin's token: for httpx clients and WebSockets."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """The environment for the ``virtlab`` CLI to talk to this server as the admin."""
+        return {"VIRTLAB_URL": self.url, "VIRTLAB_TOKEN": self.token}
+
+    def ws_url(self, path: str) -> str:
+        return self.url.replace("http", "ws", 1) + path
 
     def _drain(self, proc: subprocess.Popen, ready: threading.Event) -> None:
         # Each process has its own event: a previous process's thread ending late must not
@@ -76,8 +113,22 @@ class Server:
                     ready.set()
         ready.set()  # exited: wake the waiter, which checks poll()
 
-    def client(self, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
-        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
+    def client(self, token: str | None = None, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
+        """An httpx client as the admin (or as the holder of ``token``; ``""``: anonymous)."""
+        return httpx.Client(
+            base_url=self.url, timeout=kwargs.pop("timeout", 120),
+            headers={**self._auth(token), **kwargs.pop("headers", {})}, **kwargs,
+        )  # fmt: skip
+
+    def async_client(self, token: str | None = None, **kwargs) -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
+        return httpx.AsyncClient(
+            base_url=self.url, timeout=kwargs.pop("timeout", 120),
+            headers={**self._auth(token), **kwargs.pop("headers", {})}, **kwargs,
+        )  # fmt: skip
+
+    def _auth(self, token: str | None) -> dict[str, str]:
+        value = self.token if token is None else token
+        return {"Authorization": f"Bearer {value}"} if value else {}
 
     def kill(self) -> None:
         """SIGKILL to the server alone, as the OOM killer or ``kill -9`` would."""

@@ -5,12 +5,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from virtlab import __version__
 from virtlab.api import errors, web
-from virtlab.api.routes import checkpoints, events, health, images, lab_archive, labs, links, nodes
+from virtlab.api.access import guard_path
+from virtlab.api.auth import principal
+from virtlab.api.routes import (
+    checkpoints,
+    events,
+    health,
+    images,
+    lab_archive,
+    labs,
+    links,
+    nodes,
+    users,
+)
 from virtlab.runtime import Runtime
 from virtlab.settings import Settings
 
@@ -36,13 +48,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     errors.install(app)
+    # Open to all: whether the server is up, the login, and the web UI's files (its page shows
+    # a login form). Every other router, REST, WebSocket and download alike, needs a login.
     app.include_router(health.router)
-    app.include_router(images.router)
-    app.include_router(nodes.router)
-    app.include_router(labs.router)
-    app.include_router(lab_archive.router)
-    app.include_router(checkpoints.router)
-    app.include_router(links.router)
-    app.include_router(events.router)
+    app.include_router(users.public)
+    # Routers whose paths name a node (ref), a lab (name) or a link (link_id) also check that
+    # it is the requester's (virtlab.api.access).
+    logged_in, owned = [Depends(principal)], [Depends(principal), Depends(guard_path)]
+    for module in (users, images, events):
+        app.include_router(module.router, dependencies=logged_in)
+    for module in (nodes, labs, lab_archive, checkpoints, links):
+        app.include_router(module.router, dependencies=owned)
     web.install(app)  # the web UI at /, once built (make setup)
     return app

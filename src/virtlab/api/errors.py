@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket, WebSocketState
 
 from virtlab import errors
 
@@ -13,6 +15,8 @@ log = logging.getLogger("virtlab.api")
 
 # Most specific first.
 STATUS: list[tuple[type[errors.VirtlabError], int]] = [
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.TooLarge, 413),
@@ -31,8 +35,32 @@ def status_for(exc: errors.VirtlabError) -> int:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.VirtlabError)
-    async def _virtlab_error(_request: Request, exc: errors.VirtlabError) -> JSONResponse:
+    async def _virtlab_error(conn: HTTPConnection, exc: errors.VirtlabError) -> JSONResponse | None:
         code = status_for(exc)
         if code >= 500:
             log.error("%s: %s (argv=%s)", type(exc).__name__, exc, getattr(exc, "argv", ""))
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        response = JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+        if isinstance(conn, WebSocket):
+            await _refuse_websocket(conn, response, exc)
+            return None
+        return response
+
+
+async def _refuse_websocket(ws: WebSocket, response: JSONResponse, exc: Exception) -> None:
+    """A WebSocket refused by a dependency. No login, or another site's page (401, 403):
+    before it is accepted, the HTTP answer to its handshake carries the status and the message
+    (uvicorn has the denial-response extension), else it is closed with 1008 (policy
+    violation). Anything else (no such node: 404): accepted, then closed with 4000 + status
+    and the reason, which a browser's WebSocket can read."""
+    connecting = ws.application_state == WebSocketState.CONNECTING
+    if connecting and response.status_code in (401, 403):
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            await ws.send_denial_response(response)
+        else:
+            await ws.close(code=1008, reason=str(exc)[:120])
+    elif connecting:
+        await ws.accept()
+        await ws.close(code=4000 + response.status_code, reason=str(exc)[:120])
+    elif ws.application_state == WebSocketState.CONNECTED:
+        await ws.close(code=1011, reason=str(exc)[:120])

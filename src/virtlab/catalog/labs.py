@@ -24,10 +24,11 @@ class LabRecord:
     name: str
     created_at: datetime
     topology: str = ""
+    owner_id: str | None = None  # None: admins only (the default lab, labs made before users)
 
     @classmethod
     def from_row(cls, row: LabRow) -> LabRecord:
-        return cls(row.id, row.name, _utc(row.created_at), row.topology)
+        return cls(row.id, row.name, _utc(row.created_at), row.topology, row.owner_id)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class LabRepository:
     def add(self, record: LabRecord) -> None:
         self.session.add(
             LabRow(id=record.id, name=record.name, topology=record.topology,
-                   created_at=record.created_at)
+                   created_at=record.created_at, owner_id=record.owner_id)
         )  # fmt: skip
         self.session.flush()
 

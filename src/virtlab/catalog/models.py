@@ -80,6 +80,10 @@ class LabRow(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
     topology: Mapped[str] = mapped_column(Text, default="")  # the file it was deployed from
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Who made it; None (the default lab, labs from before users) means admins only.
+    owner_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", name="fk_labs_owner_id_users"), index=True, nullable=True
+    )
 
 
 class LinkRow(Base):
@@ -120,3 +124,28 @@ class CheckpointRow(Base):
     machine: Mapped[str] = mapped_column(String(63), default="")  # resolved: pc-i440fx-7.2
     accel: Mapped[str] = mapped_column(String(8), default="")  # tcg | kvm
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | user
+    password_hash: Mapped[str] = mapped_column(Text)  # argon2id, with its parameters
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TokenRow(Base):
+    """An API token or a browser session: only the sha256 of its secret is kept."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # api | session
+    name: Mapped[str] = mapped_column(String(63), default="")
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

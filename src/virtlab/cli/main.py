@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from virtlab.cli import checkpoints, doctor, images, labs, nodes, serve
+from virtlab.cli import checkpoints, doctor, images, labs, nodes, serve, users
 
 app = typer.Typer(
     help="virtlab: a self-hosted virtual network lab server.",
@@ -13,6 +13,9 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("doctor")(doctor.doctor)
+app.command("login")(users.login)
+app.command("logout")(users.logout)
+app.add_typer(users.app, name="user", help="Users and API tokens (adding users: admins only).")
 app.add_typer(images.app, name="image", help="Import, list, check and remove disk images.")
 app.add_typer(nodes.app, name="node", help="Create, run and reach QEMU nodes.")
 app.add_typer(labs.labs, name="lab", help="Deploy, run, export and draw labs.")

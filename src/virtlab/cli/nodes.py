@@ -198,4 +198,4 @@ def console(node: str, url: UrlOpt = None) -> None:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc
     ws_url = client.url.replace("http", "ws", 1) + record["consoles"]["serial"]["ws"]
-    raise typer.Exit(run_console(ws_url, record["name"]))
+    raise typer.Exit(run_console(ws_url, record["name"], client.headers))

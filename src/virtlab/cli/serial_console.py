@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import termios
@@ -17,7 +18,7 @@ __all__ = ["ESCAPE", "run_console"]
 ESCAPE = b"\x1d"  # Ctrl-], as in telnet
 
 
-def run_console(ws_url: str, name: str) -> int:
+def run_console(ws_url: str, name: str, headers: dict[str, str] | None = None) -> int:
     """Bridge stdin/stdout to ``ws_url`` until Ctrl-] or the console closes; the exit status."""
     interactive = sys.stdin.isatty()
     saved = termios.tcgetattr(sys.stdin.fileno()) if interactive else None
@@ -25,17 +26,23 @@ def run_console(ws_url: str, name: str) -> int:
         sys.stderr.write(f"connected to {name}; Ctrl-] quits\r\n")
         tty.setraw(sys.stdin.fileno())
     try:
-        return asyncio.run(_bridge(ws_url))
+        return asyncio.run(_bridge(ws_url, headers or {}))
     finally:
         if saved is not None:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
             sys.stderr.write("\r\ndisconnected\r\n")
 
 
-async def _bridge(ws_url: str) -> int:
+async def _bridge(ws_url: str, headers: dict[str, str]) -> int:
     try:
-        websocket = await connect(ws_url, max_size=None)
-    except (OSError, InvalidStatus) as exc:
+        websocket = await connect(ws_url, max_size=None, additional_headers=headers)
+    except InvalidStatus as exc:
+        detail = exc.response.body.decode(errors="replace") if exc.response.body else ""
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = json.loads(detail)["detail"]
+        sys.stderr.write(f"error: cannot open the console at {ws_url}: {detail or exc}\n")
+        return 1
+    except OSError as exc:
         sys.stderr.write(f"error: cannot open the console at {ws_url}: {exc}\n")
         return 1
     loop = asyncio.get_running_loop()

@@ -54,4 +54,10 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     typer.echo(f"virtlab: data in {settings.data_dir}, serving http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    # Idle keep-alive connections are kept for 30 s, longer than clients keep theirs (httpx
+    # 5 s): with uvicorn's default of 5 s, a client could reuse a connection at the moment the
+    # server closed it, and lose that request ("Server disconnected without sending a response").
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
+    )  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,9 +85,12 @@ class LabService:
 
     # -- making -------------------------------------------------------------------------------
 
-    def create(self, name: str) -> LabRecord:
+    def create(self, name: str, owner_id: str | None = None) -> LabRecord:
+        """An empty lab; ``owner_id``: the user it belongs to (None: admins only)."""
         validate_name(name)
-        record = LabRecord(id=secrets.token_hex(6), name=name, created_at=datetime.now(UTC))
+        record = LabRecord(
+            id=secrets.token_hex(6), name=name, created_at=datetime.now(UTC), owner_id=owner_id
+        )
         with self.catalog.session() as session:
             repo = LabRepository(session)
             if repo.by_name(name) is not None:
@@ -96,12 +100,19 @@ class LabService:
         return record
 
     async def deploy(
-        self, text: str, *, image: str | None = None, start: bool = True
-    ) -> tuple[LabRecord, bool]:
-        """Make the lab the file describes; ``(lab, changed)``. All or nothing."""
+        self, text: str, *, image: str | None = None, start: bool = True,
+        owner_id: str | None = None, may_touch: Callable[[LabRecord], bool] | None = None,
+    ) -> tuple[LabRecord, bool]:  # fmt: skip
+        """Make the lab the file describes; ``(lab, changed)``. All or nothing. A new lab
+        belongs to ``owner_id``; an existing one is redeployed only if ``may_touch`` it."""
         wanted = load_lab(text, image_override=image)
         with self.catalog.session() as session:
             existing = LabRepository(session).by_name(wanted.name)
+        if existing is not None and may_touch is not None and not may_touch(existing):
+            raise Conflict(
+                f"the lab name {wanted.name} is taken (lab names are unique on this server); "
+                "choose another name"
+            )
         if existing is not None:
             if self.resolved(existing) == wanted.canonical():
                 if start:
@@ -113,7 +124,7 @@ class LabService:
             )
         user_nets = _user_nets(wanted)
         async with AsyncExitStack() as undo:
-            lab = self.create(wanted.name)
+            lab = self.create(wanted.name, owner_id)
             undo.push_async_callback(self._forget_lab, lab)
             for node in wanted.nodes:
                 if node.is_nat:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from virtlab.api.auth import PrincipalDep, require_admin, require_role
 from virtlab.api.deps import ImageServiceDep, RuntimeDep
 from virtlab.api.multipart import stream_file_field
 from virtlab.api.schemas import (
@@ -64,13 +65,18 @@ def _length(request: Request) -> int | None:
             "image": {"type": "string", "format": "binary"}}}}}}},
 )  # fmt: skip
 async def upload_custom(
-    request: Request, images: ImageServiceDep, import_id: ImportId = None
+    request: Request,
+    images: ImageServiceDep,
+    who: PrincipalDep,
+    runtime: RuntimeDep,
+    import_id: ImportId = None,
 ) -> ImportedImage:
     """`curl -X POST http://localhost:8080/api/images/custom -F "image=@router.vmdk"`.
 
     The content decides the format, never the file name. The image is checked, converted to
     qcow2 (ISO media stay ISO), verified and registered, or refused with the reason.
     """
+    require_role(who, runtime.settings.upload_role, "upload images")
     part = await stream_file_field(
         request.stream(), request.headers.get("content-type", ""), "image"
     )
@@ -87,10 +93,16 @@ async def upload_custom(
         "schema": {"type": "string", "format": "binary"}}}}},
 )  # fmt: skip
 async def upload_raw(
-    name: ImageName, request: Request, images: ImageServiceDep, import_id: ImportId = None
+    name: ImageName,
+    request: Request,
+    images: ImageServiceDep,
+    who: PrincipalDep,
+    runtime: RuntimeDep,
+    import_id: ImportId = None,
 ) -> ImportedImage:
     """`curl -T router.vmdk http://localhost:8080/api/images/router.vmdk`; `name` is the file's
     name, used for the stored image's name (`router_<ms>.qcow2`)."""
+    require_role(who, runtime.settings.upload_role, "upload images")
     if "/" in name or "\\" in name or name in (".", ".."):
         raise InvalidRequest(f"{name!r} is not a plain file name")
     records = await images.import_upload(
@@ -119,13 +131,18 @@ def get_image(name: ImageName, images: ImageServiceDep) -> Image:
     responses={404: {"description": "No such image", **_ERR},
                409: {"description": "In use", **_ERR}},
 )  # fmt: skip
-def delete_image(name: ImageName, images: ImageServiceDep) -> Response:
+def delete_image(
+    name: ImageName, images: ImageServiceDep, who: PrincipalDep, runtime: RuntimeDep
+) -> Response:
+    require_role(who, runtime.settings.image_delete_role, f"delete the image {name}")
     images.delete(name)
     return Response(status_code=204)
 
 
 @router.post("/api/images/scan", response_model=ScanResult, summary="Rescan DATA/images")
-async def scan_images(images: ImageServiceDep) -> ScanResult:
+async def scan_images(images: ImageServiceDep, who: PrincipalDep) -> ScanResult:
+    """Admins only."""
+    require_admin(who)
     return ScanResult.of(await asyncio.to_thread(images.scan))
 
 
@@ -136,6 +153,7 @@ async def scan_images(images: ImageServiceDep) -> ScanResult:
 )
 async def verify_images(
     images: ImageServiceDep,
+    who: PrincipalDep,
     fix: Annotated[
         bool,
         Query(
@@ -144,6 +162,9 @@ async def verify_images(
         ),
     ] = False,
 ) -> VerifyResult:
+    """Everyone may check; only admins may fix."""
+    if fix:
+        require_admin(who)
     return VerifyResult.of(await asyncio.to_thread(images.verify, fix=fix))
 
 

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 from starlette.background import BackgroundTask
 
+from virtlab.api.auth import PrincipalDep, require_role
 from virtlab.api.deps import RuntimeDep
 from virtlab.api.node_schemas import NAME_PATTERN
 from virtlab.api.routes.labs import LabInfo, LabName
@@ -64,7 +65,7 @@ async def archive_lab(
         "schema": {"type": "string", "format": "binary"}}}}},
 )  # fmt: skip
 async def import_lab(
-    request: Request, runtime: RuntimeDep,
+    request: Request, runtime: RuntimeDep, who: PrincipalDep,
     name: Annotated[str | None, Query(pattern=NAME_PATTERN,
                                       description="a name for the lab (default: its own)")] = None,
     checkpoints: Annotated[bool, Query(
@@ -73,10 +74,11 @@ async def import_lab(
 ) -> LabImported:  # fmt: skip
     """`curl -X POST -T lab.tar URL/api/labs/import` (the body is streamed to disk). Base images are
     found here by sha256, or imported from the archive; node disks are checked like uploads."""
+    require_role(who, runtime.settings.upload_role, "import lab archives (they may add images)")
     length = request.headers.get("content-length", "")
     done = await runtime.archiver.import_stream(
         request.stream(), expected_size=int(length) if length.isdigit() else None, name=name,
-        checkpoints=checkpoints,
+        checkpoints=checkpoints, owner_id=who.user_id,
     )  # fmt: skip
     info = LabInfo.of(runtime.labs.summary(done.lab))
     return LabImported(**info.model_dump(), images_imported=done.images_imported,

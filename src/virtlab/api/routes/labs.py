@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from virtlab.api.access import AccessDep
 from virtlab.api.deps import RuntimeDep
 from virtlab.api.node_schemas import NAME_PATTERN, Node
 from virtlab.api.routes.links import Link
@@ -62,8 +63,9 @@ class LabDetail(LabInfo):
 
 
 @router.get("/api/labs", response_model=list[LabInfo], summary="List labs")
-def list_labs(runtime: RuntimeDep) -> list[LabInfo]:
-    return [LabInfo.of(s) for s in runtime.labs.list()]
+def list_labs(runtime: RuntimeDep, access: AccessDep) -> list[LabInfo]:
+    """An admin sees every lab; a user their own."""
+    return [LabInfo.of(s) for s in runtime.labs.list() if access.owns(s.lab)]
 
 
 @router.get("/api/labs/schema", summary="The topology file's JSON Schema")
@@ -80,7 +82,7 @@ def lab_schema() -> dict:
     }}},
 )  # fmt: skip
 async def create_lab(
-    request: Request, runtime: RuntimeDep, response: Response,
+    request: Request, runtime: RuntimeDep, response: Response, access: AccessDep,
     image: Annotated[str | None, Query(description="for a YAML body")] = None,
     start: Annotated[bool, Query(description="for a YAML body")] = True,
 ) -> LabInfo:  # fmt: skip
@@ -98,13 +100,17 @@ async def create_lab(
                 f"send JSON {{name}} or {{topology}}, or a YAML body: {exc}"
             ) from exc
     if body.topology is not None:
-        lab, changed = await runtime.labs.deploy(body.topology, image=body.image, start=body.start)
+        lab, changed = await runtime.labs.deploy(
+            body.topology, image=body.image, start=body.start, owner_id=access.who.user_id,
+            may_touch=access.owns,
+        )  # fmt: skip
         if not changed:
             response.status_code = 200
         return LabInfo.of(runtime.labs.summary(lab), changed)
     if body.name is None:
         raise InvalidRequest("give a lab name, or a topology file to deploy")
-    return LabInfo.of(runtime.labs.summary(runtime.labs.create(body.name)))
+    lab = runtime.labs.create(body.name, owner_id=access.who.user_id)
+    return LabInfo.of(runtime.labs.summary(lab))
 
 
 @router.get("/api/labs/{name}", response_model=LabDetail, responses=REFUSED,

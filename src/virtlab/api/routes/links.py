@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from virtlab.api.access import AccessDep
 from virtlab.api.deps import RuntimeDep
 from virtlab.catalog.labs import LinkRecord
 
@@ -80,7 +81,8 @@ def _imp(body: Impairment | None) -> dict | None:
 
 @router.post("/api/links", status_code=201, response_model=Link, responses=REFUSED,
              summary="Link two interfaces (nodes may run)")  # fmt: skip
-async def add_link(body: LinkCreate, runtime: RuntimeDep) -> Link:
+async def add_link(body: LinkCreate, runtime: RuntimeDep, access: AccessDep) -> Link:
+    access.lab(body.lab)
     link = await runtime.links.add(
         body.lab, body.a, body.b, state=body.state, impairment=_imp(body.impairment)
     )
@@ -89,10 +91,12 @@ async def add_link(body: LinkCreate, runtime: RuntimeDep) -> Link:
 
 @router.get("/api/links", response_model=list[Link], summary="List links")
 def list_links(
-    runtime: RuntimeDep, lab: Annotated[str | None, Query(max_length=63)] = None
-) -> list[Link]:
-    lab_id = runtime.nodes.lab_id(lab) if lab else None
-    return [_out(runtime, link) for link in runtime.links.list(lab_id)]
+    runtime: RuntimeDep, access: AccessDep,
+    lab: Annotated[str | None, Query(max_length=63)] = None,
+) -> list[Link]:  # fmt: skip
+    lab_id = access.lab(lab).id if lab else None
+    links = runtime.links.list(lab_id)
+    return [_out(runtime, link) for link in links if access.owns_lab_id(link.lab_id)]
 
 
 @router.get("/api/links/{link_id}", response_model=Link, responses=REFUSED, summary="Show a link")

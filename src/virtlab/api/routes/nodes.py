@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, WebSocket
 
+from virtlab.api.access import AccessDep
 from virtlab.api.deps import NodeServiceDep, RuntimeDep
 from virtlab.api.node_schemas import Node, NodeCreate, NodeUpdate
 from virtlab.consoles import serve_serial, serve_vnc
@@ -34,9 +35,13 @@ def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]
                404: {"description": "No such image", **_ERR},
                409: {"description": "Name taken, or image not usable", **_ERR}},
 )  # fmt: skip
-async def create_node(body: NodeCreate, nodes: NodeServiceDep, runtime: RuntimeDep) -> Node:
+async def create_node(
+    body: NodeCreate, nodes: NodeServiceDep, runtime: RuntimeDep, access: AccessDep
+) -> Node:
     """Make the node's disk (a qcow2 overlay over the image, in constant time) and record it.
-    The node is `stopped`; start it with `POST /api/nodes/{id}/start`."""
+    The node is `stopped`; start it with `POST /api/nodes/{id}/start`. A user names a lab of
+    theirs; without one the node goes to the `default` lab, which is the admins'."""
+    access.lab_for_node(body.lab)
     fields = body.model_dump(exclude={"position"})
     settings = NodeSettings(
         **fields | {"extra_args": tuple(body.extra_args)},
@@ -46,8 +51,8 @@ async def create_node(body: NodeCreate, nodes: NodeServiceDep, runtime: RuntimeD
 
 
 @router.get("/api/nodes", response_model=list[Node], summary="List nodes")
-def list_nodes(nodes: NodeServiceDep, runtime: RuntimeDep) -> list[Node]:
-    return [_out(runtime, r) for r in nodes.list()]
+def list_nodes(nodes: NodeServiceDep, runtime: RuntimeDep, access: AccessDep) -> list[Node]:
+    return [_out(runtime, r) for r in nodes.list() if access.owns_lab_id(r.lab_id)]
 
 
 @router.get("/api/nodes/{ref}", response_model=Node, summary="Show a node", responses=NOT_FOUND)

@@ -191,9 +191,10 @@ class LabArchiver:
 
     async def import_stream(
         self, chunks: AsyncIterator[bytes], *, expected_size: int | None = None,
-        name: str | None = None, checkpoints: bool = True,
+        name: str | None = None, checkpoints: bool = True, owner_id: str | None = None,
     ) -> LabImport:  # fmt: skip
-        """Receive an uploaded archive into staging (under the upload cap), then import it."""
+        """Receive an uploaded archive into staging (under the upload cap), then import it
+        (a lab of ``owner_id``'s)."""
         work = self._new_work()
         try:
             archive = work / "archive.tar"
@@ -202,25 +203,29 @@ class LabArchiver:
                 job=ImportJob(id="lab-archive", source_name="lab archive"),
                 expected_size=expected_size,
             )  # fmt: skip
-            return await self.import_(archive, name=name, checkpoints=checkpoints)
+            return await self.import_(
+                archive, name=name, checkpoints=checkpoints, owner_id=owner_id
+            )
         finally:
             self._discard(work)
 
     async def import_(
-        self, archive: Path, *, name: str | None = None, checkpoints: bool = True
-    ) -> LabImport:
+        self, archive: Path, *, name: str | None = None, checkpoints: bool = True,
+        owner_id: str | None = None,
+    ) -> LabImport:  # fmt: skip
         """Make the archived lab here, stopped, named ``name`` if given, with its nodes'
         checkpoints unless ``checkpoints`` is false. All or nothing."""
         async with self._importing:
             work = self._new_work()
             try:
-                return await self._import(archive, work, name, checkpoints)
+                return await self._import(archive, work, name, checkpoints, owner_id)
             finally:
                 self._discard(work)
 
     async def _import(
-        self, archive: Path, work: Path, name: str | None, keep_checkpoints: bool
-    ) -> LabImport:
+        self, archive: Path, work: Path, name: str | None, keep_checkpoints: bool,
+        owner_id: str | None,
+    ) -> LabImport:  # fmt: skip
         members = await asyncio.to_thread(read_members, archive)
         manifest = load_manifest(read_small(archive, members, "manifest.json"))
         wanted = load_lab(read_small(archive, members, "lab.yaml").decode("utf-8", "replace"))
@@ -250,7 +255,7 @@ class LabArchiver:
         local = {e.name: bases[e.image_sha256].name for e in manifest.nodes}
         nodes = tuple(replace(n, image=local[n.name]) for n in wanted.nodes)
         text = export_yaml(replace(wanted, name=lab_name, nodes=nodes))
-        lab, changed = await self.labs.deploy(text, start=False)
+        lab, changed = await self.labs.deploy(text, start=False, owner_id=owner_id)
         if not changed:  # made meanwhile by someone else: theirs, not ours to touch
             raise Conflict(f"a lab named {lab_name} already exists; import it under another name")
         try:

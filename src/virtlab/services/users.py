@@ -1,0 +1,224 @@
+"""Users, their passwords, API tokens and browser sessions, kept in the catalog.
+
+The first start makes an ``admin`` user: its password comes from ``VIRTLAB_ADMIN_PASSWORD``, or
+is generated and handed back once for the server to print. There is no default password.
+A bearer value (``vl_<id>_<secret>``, see :mod:`virtlab.auth.tokens`) is either an API token
+(``kind="api"``, no expiry unless asked) or a browser session (``kind="session"``, made by a
+login, ending after ``session_hours``). :meth:`UserService.authenticate` turns one into a
+:class:`Principal` or nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from virtlab.auth import passwords, tokens
+from virtlab.catalog import Catalog
+from virtlab.catalog.users import TokenRecord, UserRecord, UserRepository
+from virtlab.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+
+__all__ = ["ROLES", "Principal", "UserService", "validate_user_name"]
+
+ROLES = ("admin", "user")
+USER_RULE = (
+    "1 to 32 characters: lower-case letters, digits, '_', '.' and '-', starting with a letter"
+)
+_USER_RE = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
+_TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per token
+
+
+def validate_user_name(name: str) -> str:
+    if not isinstance(name, str) or not _USER_RE.fullmatch(name):
+        raise InvalidRequest(f"invalid user name {name!r}: a user name is {USER_RULE}")
+    return name
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request comes from."""
+
+    user_id: str
+    name: str
+    role: str
+    token_id: str
+    token_kind: str  # api | session
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class UserService:
+    def __init__(self, catalog: Catalog, *, session_hours: float = 12.0) -> None:
+        self.catalog = catalog
+        self.session_hours = session_hours
+
+    # -- the first start ------------------------------------------------------------------------
+
+    def bootstrap(self, admin_password: str | None) -> str | None:
+        """Make the ``admin`` user when there is no user at all.
+
+        Returns the generated password to print once, or None (a password was given, or
+        users exist already).
+        """
+        with self.catalog.session() as session:
+            if UserRepository(session).count() > 0:
+                return None
+        generated = None if admin_password else passwords.generate()
+        self.add("admin", "admin", admin_password or generated)
+        return generated
+
+    # -- users ----------------------------------------------------------------------------------
+
+    def add(self, name: str, role: str, password: str | None) -> tuple[UserRecord, str | None]:
+        """The new user, and its password if one was generated (to show once)."""
+        validate_user_name(name)
+        if role not in ROLES:
+            raise InvalidRequest(f"unknown role {role!r}: a role is one of {', '.join(ROLES)}")
+        generated = None if password else passwords.generate()
+        record = UserRecord(
+            uuid.uuid4().hex, name, role, passwords.hash_password(password or generated), _now()
+        )  # fmt: skip
+        with self.catalog.session() as session:
+            repo = UserRepository(session)
+            if repo.by_name(name) is not None:
+                raise Conflict(f"user {name} exists already; pick another name")
+            repo.add(record)
+        return record, generated
+
+    def get(self, name: str) -> UserRecord:
+        with self.catalog.session() as session:
+            record = UserRepository(session).by_name(name)
+        if record is None:
+            raise NotFound(f"no user {name!r}; `virtlab user list` shows the users")
+        return record
+
+    def by_id(self, user_id: str) -> UserRecord | None:
+        with self.catalog.session() as session:
+            return UserRepository(session).get(user_id)
+
+    def list(self) -> list[UserRecord]:
+        with self.catalog.session() as session:
+            return UserRepository(session).list()
+
+    def set_password(self, name: str, password: str, *, end_sessions: bool = True) -> None:
+        """Change a password; the user's browser sessions end (API tokens stay)."""
+        stored = passwords.hash_password(password)
+        user = self.get(name)
+        with self.catalog.session() as session:
+            repo = UserRepository(session)
+            repo.update(user.id, password_hash=stored)
+            if end_sessions:
+                for token in repo.tokens(user.id, "session"):
+                    repo.remove_token(token.id)
+
+    def set_role(self, name: str, role: str) -> UserRecord:
+        if role not in ROLES:
+            raise InvalidRequest(f"unknown role {role!r}: a role is one of {', '.join(ROLES)}")
+        user = self.get(name)
+        with self.catalog.session() as session:
+            repo = UserRepository(session)
+            if user.is_admin and role != "admin" and repo.count("admin") == 1:
+                raise Conflict(f"{name} is the last admin; make another admin first")
+            return repo.update(user.id, role=role)
+
+    def remove(self, name: str) -> None:
+        """Remove a user and every token of theirs; never the last admin."""
+        user = self.get(name)
+        with self.catalog.session() as session:
+            repo = UserRepository(session)
+            if user.is_admin and repo.count("admin") == 1:
+                raise Conflict(f"{name} is the last admin; make another admin before removing it")
+            repo.remove(user.id)
+
+    # -- tokens and sessions --------------------------------------------------------------------
+
+    def issue(
+        self, name: str, *, kind: str = "api", label: str = "", hours: float | None = None
+    ) -> tuple[TokenRecord, str]:
+        """A new token for ``name``: its record and the value to hand over once."""
+        if kind not in ("api", "session"):
+            raise InvalidRequest(f"a token is an api token or a session, not {kind!r}")
+        if hours is not None and hours <= 0:
+            raise InvalidRequest("a token's lifetime must be positive (hours)")
+        user = self.get(name)
+        issued = tokens.issue()
+        now = _now()
+        record = TokenRecord(
+            issued.id, user.id, kind, label[:63], issued.digest, now,
+            now + timedelta(hours=hours) if hours is not None else None,
+        )  # fmt: skip
+        with self.catalog.session() as session:
+            UserRepository(session).add_token(record)
+        return record, issued.value
+
+    def login(
+        self, name: str, password: str, *, kind: str = "session", label: str = ""
+    ) -> tuple[UserRecord, str]:
+        """A browser session (or an API token) for a correct name and password; the same
+        refusal otherwise, whichever was wrong."""
+        refused = Unauthorized("wrong user name or password; check both and log in again")
+        try:
+            validate_user_name(name)
+        except InvalidRequest:
+            raise refused from None
+        with self.catalog.session() as session:
+            user = UserRepository(session).by_name(name)
+        stored = user.password_hash if user else _DUMMY_HASH  # the same work either way
+        if not passwords.verify(stored, password) or user is None:
+            raise refused
+        if passwords.needs_rehash(user.password_hash):
+            self.set_password(name, password, end_sessions=False)
+        if kind == "session":
+            _, value = self.issue(name, kind="session", label=label or "login",
+                                  hours=self.session_hours)  # fmt: skip
+        else:
+            _, value = self.issue(name, kind=kind, label=label)
+        return user, value
+
+    def authenticate(self, value: str | None) -> Principal | None:
+        """The principal a bearer value stands for, or None when it is unknown or expired."""
+        parsed = tokens.parse(value) if value else None
+        if parsed is None:
+            return None
+        token_id, secret = parsed
+        now = _now()
+        with self.catalog.session() as session:
+            repo = UserRepository(session)
+            token = repo.token(token_id)
+            if token is None or not tokens.matches(token.digest, secret):
+                return None
+            if token.expires_at is not None and token.expires_at <= now:
+                repo.remove_token(token.id)
+                return None
+            user = repo.get(token.user_id)
+            if user is None:
+                return None
+            if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
+                repo.touch_token(token.id, now)
+        return Principal(user.id, user.name, user.role, token.id, token.kind)
+
+    def tokens(self, name: str) -> list[TokenRecord]:
+        user = self.get(name)
+        with self.catalog.session() as session:
+            return UserRepository(session).tokens(user.id, "api")
+
+    def revoke(self, token_id: str, *, owner: str | None = None) -> None:
+        """End a token or session (``owner``: only if it is theirs)."""
+        with self.catalog.session() as session:
+            repo = UserRepository(session)
+            token = repo.token(token_id)
+            user = repo.get(token.user_id) if token else None
+            if token is None or user is None or (owner is not None and user.name != owner):
+                raise NotFound(f"no token {token_id!r}; `virtlab user token list` shows yours")
+            repo.remove_token(token.id)
+
+
+_DUMMY_HASH = passwords.hash_password("virtlab-no-such-user")
