@@ -246,3 +246,30 @@ def test_first_start_prints_a_generated_password_once(make_server, tmp_path) -> 
 def test_a_given_admin_password_is_not_printed(server: Server) -> None:
     assert not [line for line in server.log if "made the first user" in line], server.log
     assert not [line for line in server.log if str(server.admin_password) in line]
+
+
+def test_repeated_failed_logins_lock_the_name_out_for_a_while(server: Server) -> None:
+    with server.client() as admin:
+        made = admin.post("/api/users", json={"name": "guessed", "password": "right-password"})
+        assert made.status_code == 201, made.text
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+
+        def login(password: str) -> httpx.Response:
+            body = {"name": "guessed", "password": password, "kind": "api"}
+            return anonymous.post("/api/login", json=body)
+
+        assert login("right-password").status_code == 200
+        for attempt in range(5):
+            wrong = login(f"wrong-{attempt}")
+            assert wrong.status_code == 401, wrong.text
+            assert "wrong user name or password" in wrong.json()["detail"]
+        locked = login("right-password")  # even the right one, for now
+        assert locked.status_code == 429, locked.text
+        assert int(locked.headers["retry-after"]) > 0
+        assert "too many failed logins for 'guessed'" in locked.json()["detail"]
+        assert "try again in" in locked.json()["detail"]
+        # Another name is not locked out by this one's failures.
+        other = anonymous.post(
+            "/api/login", json={"name": "admin", "password": server.admin_password, "kind": "api"}
+        )
+        assert other.status_code == 200, other.text

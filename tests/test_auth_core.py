@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from virtlab.auth import passwords, tokens
+from virtlab.auth.throttle import LoginThrottle
 from virtlab.auth.tickets import TicketBook
 from virtlab.errors import InvalidRequest
 
@@ -66,3 +67,34 @@ def test_a_ticket_is_good_once_for_its_node_and_kind_until_it_expires() -> None:
     assert not book.redeem("n1", "vnc", vnc.secret)  # used up
     now[0] += 31
     assert not book.redeem("n1", "telnet", telnet.secret)  # expired
+
+
+def test_failed_logins_lock_one_name_at_one_address_with_a_growing_lockout() -> None:
+    now = [0.0]
+    throttle = LoginThrottle(limit=3, window=60, lockout=10, max_lockout=25, clock=lambda: now[0])
+    for _ in range(2):
+        throttle.failed("ann", "10.0.0.1")
+    assert throttle.wait_for("ann", "10.0.0.1") == 0
+    throttle.failed("ann", "10.0.0.1")
+    assert throttle.wait_for("ann", "10.0.0.1") == 10
+    assert throttle.wait_for("ann", "10.0.0.2") == 0  # another address
+    assert throttle.wait_for("bob", "10.0.0.1") == 0  # another name
+    now[0] = 11
+    for _ in range(3):
+        throttle.failed("ann", "10.0.0.1")
+    assert throttle.wait_for("ann", "10.0.0.1") == 20  # doubled
+    now[0] = 40
+    for _ in range(3):
+        throttle.failed("ann", "10.0.0.1")
+    assert throttle.wait_for("ann", "10.0.0.1") == 25  # capped
+    throttle.succeeded("ann", "10.0.0.1")
+    assert throttle.wait_for("ann", "10.0.0.1") == 0
+
+
+def test_failures_older_than_the_window_do_not_count() -> None:
+    now = [0.0]
+    throttle = LoginThrottle(limit=2, window=60, lockout=10, clock=lambda: now[0])
+    throttle.failed("ann", "a")
+    now[0] = 61
+    throttle.failed("ann", "a")
+    assert throttle.wait_for("ann", "a") == 0

@@ -9,6 +9,7 @@ to what, and what to do next. The API maps each class to an HTTP status through
     VirtlabError
      ├── Unauthorized              no valid session or token                 (401)
      ├── Forbidden                 known, but not allowed to do this         (403)
+     ├── TooManyAttempts           failed logins: wait before the next try   (429)
      ├── NotFound                  a named thing does not exist              (404)
      ├── Conflict                  the request clashes with current state    (409)
      │    └── ImageInUse           an image is needed by something else      (409)
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "TooLarge",
+    "TooManyAttempts",
     "ToolFailure",
     "Unauthorized",
     "UnsafeImage",
@@ -65,6 +67,14 @@ class Unauthorized(VirtlabError):
 
 class Forbidden(VirtlabError):
     """The requester is known but may not do this (their role, or a request from another site)."""
+
+
+class TooManyAttempts(VirtlabError):
+    """Too many failed logins for one user from one address: wait ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFound(VirtlabError):

@@ -17,6 +17,7 @@ log = logging.getLogger("virtlab.api")
 STATUS: list[tuple[type[errors.VirtlabError], int]] = [
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
+    (errors.TooManyAttempts, 429),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.TooLarge, 413),
@@ -40,6 +41,8 @@ def install(app: FastAPI) -> None:
         if code >= 500:
             log.error("%s: %s (argv=%s)", type(exc).__name__, exc, getattr(exc, "argv", ""))
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        if isinstance(exc, errors.TooManyAttempts):
+            headers = {"Retry-After": str(exc.retry_after)}
         response = JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
         if isinstance(conn, WebSocket):
             await _refuse_websocket(conn, response, exc)

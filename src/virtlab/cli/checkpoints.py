@@ -19,8 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from virtlab._util.units import human_size
-from virtlab.cli.client import ApiError, Client
-from virtlab.cli.options import JsonOpt, UrlOpt, err, out
+from virtlab.cli.options import JsonOpt, UrlOpt, call, err, out
 
 __all__ = ["ForceOpt", "FromOpt", "register", "resume_lab", "resume_nodes"]
 
@@ -43,14 +42,6 @@ class _ListByDefault(TyperGroup):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["list", *args]
         return super().parse_args(ctx, args)
-
-
-def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        return Client(url, timeout=None).request(method, path, **kwargs)  # type: ignore[arg-type]
-    except ApiError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
 
 
 def _lab(name: str) -> str:
@@ -80,7 +71,7 @@ def lab_checkpoint(name: str, tag: TagArg, url: UrlOpt = None, as_json: JsonOpt 
     All nodes are paused together, each is saved (memory, devices, disk) into its own disk,
     then all run on. Resume with `virtlab lab resume NAME TAG`."""
     with _saving(f"lab {name} as {tag}", as_json):
-        data = _call(url, "POST", _lab(name), json={"tag": tag}).json()
+        data = call(url, "POST", _lab(name), json={"tag": tag}).json()
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -96,7 +87,7 @@ def lab_checkpoint(name: str, tag: TagArg, url: UrlOpt = None, as_json: JsonOpt 
 def resume_lab(url: str | None, name: str, tag: str, force: bool, as_json: bool) -> None:
     params = {"force": "true"} if force else {}
     path = f"{_lab(name)}/{quote(tag, safe='')}/resume"
-    data = _call(url, "POST", path, params=params).json()
+    data = call(url, "POST", path, params=params).json()
     if as_json:
         out.print_json(json.dumps(data))
     else:
@@ -121,7 +112,7 @@ lab_group = typer.Typer(cls=_ListByDefault, no_args_is_help=True)
 @lab_group.command("list")
 def lab_list(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List a lab's checkpoints."""
-    data = _call(url, "GET", _lab(name)).json()
+    data = call(url, "GET", _lab(name)).json()
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -139,7 +130,7 @@ def lab_rm(name: str, tags: Annotated[list[str], typer.Argument(help="Tags.")],
            url: UrlOpt = None) -> None:  # fmt: skip
     """Delete a lab's checkpoints from every node's disk."""
     for tag in tags:
-        _call(url, "DELETE", f"{_lab(name)}/{quote(tag, safe='')}")
+        call(url, "DELETE", f"{_lab(name)}/{quote(tag, safe='')}")
         out.print(f"lab {name}: deleted checkpoint {tag}", highlight=False)
 
 
@@ -151,7 +142,7 @@ def node_checkpoint(node: str, tag: TagArg, url: UrlOpt = None, as_json: JsonOpt
 
     The guest pauses for the save and runs on. Resume with `virtlab node start NODE --from TAG`."""
     with _saving(f"node {node} as {tag}", as_json):
-        data = _call(url, "POST", _node(node), json={"tag": tag}).json()
+        data = call(url, "POST", _node(node), json={"tag": tag}).json()
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -162,7 +153,7 @@ def node_checkpoint(node: str, tag: TagArg, url: UrlOpt = None, as_json: JsonOpt
 def resume_nodes(url: str | None, nodes: list[str], tag: str, force: bool, as_json: bool) -> None:
     params = {"force": "true"} if force else {}
     results = [
-        _call(url, "POST", f"{_node(n)}/{quote(tag, safe='')}/resume", params=params).json()
+        call(url, "POST", f"{_node(n)}/{quote(tag, safe='')}/resume", params=params).json()
         for n in nodes
     ]
     if as_json:
@@ -178,7 +169,7 @@ node_group = typer.Typer(cls=_ListByDefault, no_args_is_help=True)
 @node_group.command("list")
 def node_list(node: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List a node's checkpoints, its own and its parts of lab checkpoints."""
-    data = _call(url, "GET", _node(node)).json()
+    data = call(url, "GET", _node(node)).json()
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -196,7 +187,7 @@ def node_rm(node: str, tags: Annotated[list[str], typer.Argument(help="Tags.")],
             url: UrlOpt = None) -> None:  # fmt: skip
     """Delete a node's own checkpoints (running or not)."""
     for tag in tags:
-        _call(url, "DELETE", f"{_node(node)}/{quote(tag, safe='')}")
+        call(url, "DELETE", f"{_node(node)}/{quote(tag, safe='')}")
         out.print(f"{node}: deleted checkpoint {tag}", highlight=False)
 
 

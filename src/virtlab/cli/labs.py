@@ -11,21 +11,12 @@ import typer
 from rich.table import Table
 
 from virtlab.cli.checkpoints import ForceOpt, FromOpt, resume_lab
-from virtlab.cli.client import ApiError, Client
 from virtlab.cli.lab_archive import register as register_lab_archive
-from virtlab.cli.options import JsonOpt, UrlOpt, err, out
+from virtlab.cli.options import JsonOpt, UrlOpt, call, err, out
 
 labs = typer.Typer(no_args_is_help=True)
 links = typer.Typer(no_args_is_help=True)
 register_lab_archive(labs)
-
-
-def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        return Client(url, timeout=None).request(method, path, **kwargs)  # type: ignore[arg-type]
-    except ApiError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
 
 
 def _lab(name: str) -> str:
@@ -45,7 +36,7 @@ def _print(data: Any, as_json: bool, text: str) -> None:
 @labs.command("list")
 def lab_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List labs."""
-    data = _call(url, "GET", "/api/labs").json()
+    data = call(url, "GET", "/api/labs").json()
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -58,7 +49,7 @@ def lab_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
 @labs.command("create")
 def lab_create(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Create an empty lab."""
-    data = _call(url, "POST", "/api/labs", json={"name": name}).json()
+    data = call(url, "POST", "/api/labs", json={"name": name}).json()
     _print(data, as_json, f"created lab {data['name']}")
 
 
@@ -72,7 +63,7 @@ def lab_deploy(
 ) -> None:
     """Deploy a lab from a topology file (all or nothing; the same file twice changes nothing)."""
     body = {"topology": file.read_text(), "image": image, "start": start}
-    data = _call(url, "POST", "/api/labs", json=body).json()
+    data = call(url, "POST", "/api/labs", json=body).json()
     verb = "deployed" if data["changed"] else "unchanged:"
     _print(
         data, as_json, f"{verb} lab {data['name']} ({data['nodes']} nodes, {data['links']} links)"
@@ -82,14 +73,14 @@ def lab_deploy(
 @labs.command("destroy")
 def lab_destroy(name: str, url: UrlOpt = None) -> None:
     """Kill and delete every node and link of a lab, then the lab."""
-    _call(url, "DELETE", _lab(name))
+    call(url, "DELETE", _lab(name))
     out.print(f"destroyed lab {name}")
 
 
 @labs.command("inspect")
 def lab_inspect(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Show a lab's nodes (state, consoles) and links."""
-    data = _call(url, "GET", _lab(name)).json()
+    data = call(url, "GET", _lab(name)).json()
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -111,7 +102,7 @@ def lab_inspect(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None
 
 def _lab_action(action: str, doc: str) -> None:
     def command(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-        data = _call(url, "POST", f"{_lab(name)}/{action}").json()
+        data = call(url, "POST", f"{_lab(name)}/{action}").json()
         _print(data, as_json, f"lab {name}: {data['running']} of {data['nodes']} nodes running")
 
     command.__doc__ = doc
@@ -127,7 +118,7 @@ def lab_start(
     if from_ is not None:
         resume_lab(url, name, from_, force, as_json)
         return
-    data = _call(url, "POST", f"{_lab(name)}/start").json()
+    data = call(url, "POST", f"{_lab(name)}/start").json()
     _print(data, as_json, f"lab {name}: {data['running']} of {data['nodes']} nodes running")
 
 
@@ -141,7 +132,7 @@ def lab_export(
     url: UrlOpt = None,
 ) -> None:
     """The lab as a topology file that redeploys it (edits made through the API included)."""
-    text = _call(url, "GET", f"{_lab(name)}/export").text
+    text = call(url, "GET", f"{_lab(name)}/export").text
     if output:
         output.write_text(text)
         err.print(f"wrote {output}")
@@ -157,7 +148,7 @@ def lab_graph(
     url: UrlOpt = None,
 ) -> None:
     """A picture of the lab: SVG (rendered by Graphviz) or Graphviz DOT."""
-    text = _call(url, "GET", f"{_lab(name)}/graph", params={"format": fmt}).text
+    text = call(url, "GET", f"{_lab(name)}/graph", params={"format": fmt}).text
     if output:
         output.write_text(text)
         err.print(f"wrote {output}")
@@ -182,7 +173,7 @@ def link_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Link two interfaces (the nodes may run)."""
-    data = _call(url, "POST", "/api/links", json={"lab": lab, "a": a, "b": b}).json()
+    data = call(url, "POST", "/api/links", json={"lab": lab, "a": a, "b": b}).json()
     _print(data, as_json, _link_line(data))
 
 
@@ -193,7 +184,7 @@ def link_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List links."""
-    data = _call(url, "GET", "/api/links", params={"lab": lab} if lab else {}).json()
+    data = call(url, "GET", "/api/links", params={"lab": lab} if lab else {}).json()
     _print(data, as_json, "\n".join(_link_line(link) for link in data))
 
 
@@ -201,14 +192,14 @@ def link_list(
 def link_rm(link_ids: list[str], url: UrlOpt = None) -> None:
     """Remove links."""
     for link_id in link_ids:
-        _call(url, "DELETE", f"/api/links/{quote(link_id, safe='')}")
+        call(url, "DELETE", f"/api/links/{quote(link_id, safe='')}")
         out.print(f"removed {link_id}")
 
 
 def _link_state(state: str) -> None:
     def command(link_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
         path = f"/api/links/{quote(link_id, safe='')}"
-        data = _call(url, "PATCH", path, json={"state": state}).json()
+        data = call(url, "PATCH", path, json={"state": state}).json()
         _print(data, as_json, _link_line(data))
 
     command.__doc__ = f"Set a link {state} (carrier {state} in both guests), live."
@@ -231,10 +222,10 @@ def link_capture(
     For a live view: curl -N URL/api/links/ID/capture/stream | wireshark -k -i -"""
     path = f"/api/links/{quote(link_id, safe='')}/capture"
     if action in ("start", "stop"):
-        _call(url, "POST", f"{path}/{action}")
+        call(url, "POST", f"{path}/{action}")
         out.print(f"capture {action}ed on {link_id}" if action == "start" else "capture stopped")
     elif action == "download":
-        output.write_bytes(_call(url, "GET", path).content)
+        output.write_bytes(call(url, "GET", path).content)
         out.print(f"wrote {output}")
     else:
         err.print("error: the action is start, stop or download")
@@ -263,5 +254,5 @@ def link_impair(
     directions = ("a_to_b", "b_to_a") if direction == "both" else (direction,)
     impairment = {} if clear else {d: way for d in directions}
     path = f"/api/links/{quote(link_id, safe='')}"
-    data = _call(url, "PATCH", path, json={"impairment": impairment}).json()
+    data = call(url, "PATCH", path, json={"impairment": impairment}).json()
     _print(data, as_json, f"{_link_line(data)}  {json.dumps(data['impairment'])}")

@@ -13,19 +13,10 @@ from rich.table import Column, Table
 
 from virtlab.cli.checkpoints import ForceOpt, FromOpt, resume_nodes
 from virtlab.cli.client import ApiError, Client
-from virtlab.cli.options import JsonOpt, UrlOpt, err, out
+from virtlab.cli.options import JsonOpt, UrlOpt, call, err, out
 from virtlab.cli.serial_console import run_console
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        response = Client(url, timeout=None).request(method, path, **kwargs)  # type: ignore[arg-type]
-    except ApiError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
-    return response
 
 
 def _node_path(ref: str) -> str:
@@ -80,16 +71,16 @@ def create(
         "nics": nics, "nic_model": nic_model, "disk_size_mb": disk_size_mb,
         "extra_args": extra_arg or [],
     }  # fmt: skip
-    node = _call(url, "POST", "/api/nodes", json=body).json()
+    node = call(url, "POST", "/api/nodes", json=body).json()
     if start:
-        node = _call(url, "POST", f"{_node_path(node['id'])}/start").json()
+        node = call(url, "POST", f"{_node_path(node['id'])}/start").json()
     _print_node(node, as_json)
 
 
 @app.command("list")
 def list_(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List nodes."""
-    nodes = _call(url, "GET", "/api/nodes").json()
+    nodes = call(url, "GET", "/api/nodes").json()
     if as_json:
         out.print_json(json.dumps(nodes))
         return
@@ -111,7 +102,7 @@ def list_(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
 @app.command("show")
 def show(node: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Show a node."""
-    _print_node(_call(url, "GET", _node_path(node)).json(), as_json)
+    _print_node(call(url, "GET", _node_path(node)).json(), as_json)
 
 
 def _lifecycle(action: str, doc: str) -> None:
@@ -120,7 +111,7 @@ def _lifecycle(action: str, doc: str) -> None:
         url: UrlOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        results = [_call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
+        results = [call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
         if as_json:
             out.print_json(json.dumps(results))
         else:
@@ -142,7 +133,7 @@ def _from_checkpoint(action: str, doc: str) -> None:
         if from_ is not None:
             resume_nodes(url, nodes, from_, force, as_json)
             return
-        results = [_call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
+        results = [call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
         if as_json:
             out.print_json(json.dumps(results))
         else:
@@ -170,7 +161,7 @@ _lifecycle("wipe", "Give stopped nodes a fresh disk (their changes are lost).")
 def rm(nodes: list[str], url: UrlOpt = None) -> None:
     """Delete stopped nodes and their disks."""
     for node in nodes:
-        _call(url, "DELETE", _node_path(node))
+        call(url, "DELETE", _node_path(node))
         out.print(f"removed {node}")
 
 
@@ -183,7 +174,7 @@ def screenshot(
     url: UrlOpt = None,
 ) -> None:
     """Save the node's display as a PNG."""
-    data = _call(url, "GET", f"{_node_path(node)}/screenshot").content
+    data = call(url, "GET", f"{_node_path(node)}/screenshot").content
     output.write_bytes(data)
     out.print(f"wrote {output} ({len(data)} bytes)")
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from virtlab.auth import passwords, tokens
+from virtlab.auth.throttle import LoginThrottle
 from virtlab.catalog import Catalog
 from virtlab.catalog.users import TokenRecord, UserRecord, UserRepository
-from virtlab.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from virtlab.errors import Conflict, InvalidRequest, NotFound, TooManyAttempts, Unauthorized
 
 __all__ = ["ROLES", "Principal", "UserService", "validate_user_name"]
 
@@ -56,9 +57,16 @@ class Principal:
 
 
 class UserService:
-    def __init__(self, catalog: Catalog, *, session_hours: float = 12.0) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        session_hours: float = 12.0,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
         self.catalog = catalog
         self.session_hours = session_hours
+        self.throttle = throttle or LoginThrottle()
 
     # -- the first start ------------------------------------------------------------------------
 
@@ -160,20 +168,36 @@ class UserService:
         return record, issued.value
 
     def login(
-        self, name: str, password: str, *, kind: str = "session", label: str = ""
+        self,
+        name: str,
+        password: str,
+        *,
+        kind: str = "session",
+        label: str = "",
+        address: str = "",
     ) -> tuple[UserRecord, str]:
         """A browser session (or an API token) for a correct name and password; the same
-        refusal otherwise, whichever was wrong."""
+        refusal otherwise, whichever was wrong. Repeated failures for ``name`` from ``address``
+        lock that pair out for a while (:class:`virtlab.auth.throttle.LoginThrottle`)."""
+        wait = self.throttle.wait_for(name, address)
+        if wait:
+            raise TooManyAttempts(
+                f"too many failed logins for {name!r} from {address or 'this address'}; "
+                f"try again in {wait} s", wait,
+            )  # fmt: skip
         refused = Unauthorized("wrong user name or password; check both and log in again")
         try:
             validate_user_name(name)
         except InvalidRequest:
+            self.throttle.failed(name, address)
             raise refused from None
         with self.catalog.session() as session:
             user = UserRepository(session).by_name(name)
         stored = user.password_hash if user else _DUMMY_HASH  # the same work either way
         if not passwords.verify(stored, password) or user is None:
+            self.throttle.failed(name, address)
             raise refused
+        self.throttle.succeeded(name, address)
         if passwords.needs_rehash(user.password_hash):
             self.set_password(name, password, end_sessions=False)
         if kind == "session":

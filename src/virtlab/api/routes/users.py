@@ -136,7 +136,12 @@ async def login(
     """With ``kind: "session"`` the answer also sets the ``virtlab_session`` cookie."""
     users = runtime.users
     user, value = await asyncio.to_thread(
-        users.login, body.name, body.password, kind=body.kind, label=body.label
+        users.login,
+        body.name,
+        body.password,
+        kind=body.kind,
+        label=body.label,
+        address=request.client.host if request.client else "",
     )
     if body.kind == "session":
         _set_cookie(request, response, value, users.session_hours)
