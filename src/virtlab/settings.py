@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["GiB", "MiB", "Settings", "TiB", "default_data_dir"]
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     stop_nodes_on_exit: bool = False  # by default nodes outlive the server
 
     # Access.
-    admin_password: str | None = Field(
+    admin_password: SecretStr | None = Field(
         default=None,
         description="the first admin's password, used only when the catalog has no user yet; "
         "without it one is generated and printed once",
