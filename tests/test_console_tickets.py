@@ -9,6 +9,7 @@ on their own). One guest (TCG, the tiny test disk) serves the module.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import struct
@@ -253,6 +254,34 @@ def test_telnet_with_a_fresh_ticket_is_the_console(lab: Lab) -> None:
         await writer.wait_closed()
 
     asyncio.run(session())
+
+
+def test_the_cli_prints_a_ticket_that_works(lab: Lab) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("virtlab")), "node", *args], capture_output=True,
+            text=True, timeout=120, env={**os.environ, **lab.server.cli_env, "COLUMNS": "200"},
+        )  # fmt: skip
+
+    done = cli("console-ticket", "t1")
+    assert done.returncode == 0, done.stderr
+    port = lab.node["consoles"]["serial"]["telnet_port"]
+    assert f"telnet 127.0.0.1 {port}" in done.stdout and "in 60 seconds" in done.stdout
+    (ticket,) = re.findall(r"ticket\s+([A-Za-z0-9]{24})", done.stdout)
+
+    async def use() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await read_until(reader, PROMPT)
+        writer.write(ticket.encode() + b"\r\n")
+        await read_until(reader, MARKER, timeout=30)
+        writer.close()
+
+    asyncio.run(use())
+    vnc = cli("console-ticket", "t1", "--kind", "vnc", "--json")
+    assert vnc.returncode == 0, vnc.stderr
+    assert json.loads(vnc.stdout)["port"] == lab.node["consoles"]["vnc"]["port"]
+    stopped = cli("console-ticket", "t2")
+    assert stopped.returncode == 1 and "t2 is stopped" in stopped.stderr, stopped
 
 
 async def _vnc(port: int) -> tuple[Rfb, asyncio.StreamWriter]:
