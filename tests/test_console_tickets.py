@@ -25,10 +25,10 @@ from websockets.asyncio.client import connect
 
 from support.bootdisk import boot_disk
 from support.fake_peers import FakeSerialPeer, read_until, short_dir
-from support.rfb import Rfb, RfbRefused, assert_not_blank
+from support.rfb import Rfb, RfbRefused, assert_not_blank, des_answer
 from support.server import Server, free_port
 from virtlab.auth.tickets import NodeTickets, TicketBook
-from virtlab.consoles import SerialHub, TelnetServer
+from virtlab.consoles import SerialHub, TelnetServer, VncTcpProxy
 from virtlab.consoles.rfb_auth import vnc_response
 from virtlab.devtools.bootdisk import BOOT_MARKER
 from virtlab.settings import Settings
@@ -139,6 +139,56 @@ async def _telnet(port: int, line: str) -> bytes:
         said = await reader.read()  # until the port closes the connection
     writer.close()
     return said
+
+
+# -- VNC against a fake QEMU socket: older RFB clients ------------------------------------------
+
+
+async def _fake_qemu_vnc(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """QEMU's side without a password: version, security None, then a ServerInit naming the
+    shared flag it got in ClientInit."""
+    writer.write(b"RFB 003.008\n")
+    assert await reader.readexactly(12) == b"RFB 003.008\n"
+    writer.write(bytes([1, 1]))
+    assert await reader.readexactly(1) == bytes([1])
+    writer.write(struct.pack(">I", 0))
+    (shared,) = await reader.readexactly(1)
+    name = f"fake shared={shared}".encode()
+    writer.write(struct.pack(">HH16sI", 640, 480, bytes(16), len(name)) + name)
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("version", [b"RFB 003.003\n", b"RFB 003.007\n", b"RFB 003.889\n"])
+async def test_vnc_auth_for_older_and_odd_rfb_versions(version: bytes) -> None:
+    book = TicketBook()
+    with short_dir() as workdir:
+        qemu = await asyncio.start_unix_server(_fake_qemu_vnc, workdir / "vnc.sock")
+        gate = NodeTickets(book, "n1id", "n1")
+        async with qemu, VncTcpProxy(workdir / "vnc.sock", tickets=gate) as proxy:
+            for password in ("wrong123", book.issue("n1id", "vnc").secret):
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                assert await reader.readexactly(12) == b"RFB 003.008\n"
+                writer.write(version)
+                if version == b"RFB 003.003\n":  # the server chooses: VNC Authentication
+                    assert await reader.readexactly(4) == struct.pack(">I", 2)
+                else:
+                    assert await reader.readexactly(2) == bytes([1, 2])
+                    writer.write(bytes([2]))
+                writer.write(des_answer(password, await reader.readexactly(16)))
+                result = await reader.readexactly(4)
+                if password == "wrong123":
+                    assert result == struct.pack(">I", 1)
+                    if version == b"RFB 003.889\n":  # treated as 3.8: the reason follows
+                        (n,) = struct.unpack(">I", await reader.readexactly(4))
+                        assert (await reader.readexactly(n)).startswith(b"ticket refused")
+                    assert await reader.read() == b""  # closed
+                else:
+                    assert result == struct.pack(">I", 0)
+                    writer.write(bytes([0]))  # ClientInit: exclusive, passed on as it is
+                    assert (await reader.read()).endswith(b"fake shared=0")
+                writer.close()
 
 
 # -- a real server and guest ----------------------------------------------------------------------
