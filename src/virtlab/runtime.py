@@ -90,6 +90,8 @@ class Runtime:
         consoles = ConsoleManager(
             host=settings.console_host, telnet_ports=PortRange.parse(settings.telnet_ports),
             vnc_ports=PortRange.parse(settings.vnc_ports), vnc_tcp=settings.vnc_tcp,
+            tickets_required=settings.console_tickets_required,
+            ticket_seconds=settings.console_ticket_seconds,
         )  # fmt: skip
         runtime = cls(
             settings=settings, catalog=catalog, images=images, nodes=None,  # type: ignore[arg-type]
@@ -144,6 +146,7 @@ class Runtime:
 
     def _start_catalog(self) -> None:
         self.settings.check_socket_paths()
+        self.settings.check_console_exposure()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()

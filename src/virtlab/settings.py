@@ -5,6 +5,7 @@ Nothing reads settings at import time; ``virtlab.runtime.Runtime`` is built from
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -12,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["GiB", "MiB", "Settings", "TiB", "default_data_dir"]
+__all__ = ["GiB", "MiB", "Settings", "TiB", "default_data_dir", "is_loopback"]
 
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last a NUL
 MiB = 1 << 20
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
     telnet_ports: str = "5000-5899"
     vnc_ports: str = "5900-6899"
     vnc_tcp: bool = True  # a TCP VNC port per node, for desktop VNC clients
+    # Whether the telnet and VNC ports ask for a ticket (POST /api/nodes/{ref}/console/ticket):
+    # auto: when console_host is not a loopback address; never is refused on such an address.
+    console_tickets: Literal["auto", "always", "never"] = "auto"
+    console_ticket_seconds: float = Field(default=60.0, gt=0, le=3600)  # a ticket's lifetime
     stop_timeout: float = 30.0  # seconds a guest gets to power off before a hard stop
     stop_nodes_on_exit: bool = False  # by default nodes outlive the server
 
@@ -89,6 +94,22 @@ class Settings(BaseSettings):
             )
 
     @property
+    def console_tickets_required(self) -> bool:
+        """Whether a console port lets a connection in only with a ticket."""
+        if self.console_tickets == "auto":
+            return not is_loopback(self.console_host)
+        return self.console_tickets == "always"
+
+    def check_console_exposure(self) -> None:
+        """Refuse console ports open to a network without tickets: they are root shells."""
+        if self.console_tickets == "never" and not is_loopback(self.console_host):
+            raise ValueError(
+                f"console ports on {self.console_host or 'every address'} would let anyone on "
+                "that network reach root shells; use tickets (VIRTLAB_CONSOLE_TICKETS=auto) or "
+                "keep VIRTLAB_CONSOLE_HOST=127.0.0.1"
+            )
+
+    @property
     def nodes_dir(self) -> Path:
         return self.data_dir / "nodes"
 
@@ -103,3 +124,13 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'catalog.sqlite3'}"
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1; a name or the empty host (every address) is not."""
+    if host.strip().lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False

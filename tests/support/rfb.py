@@ -1,7 +1,8 @@
 """The client side of RFB (VNC) 3.8 for tests: a handshake and one raw framebuffer update.
 
 Works over any byte transport: a WebSocket (as noVNC speaks through websockify) or a TCP stream
-(as a desktop viewer does).
+(as a desktop viewer does). With a password, the handshake uses VNC Authentication (security
+type 2), its DES written here from RFC 6143 rather than taken from virtlab.
 """
 
 from __future__ import annotations
@@ -10,7 +11,22 @@ import asyncio
 import struct
 from collections.abc import Awaitable, Callable
 
-__all__ = ["Rfb", "assert_not_blank"]
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+__all__ = ["Rfb", "RfbRefused", "assert_not_blank", "des_answer"]
+
+
+class RfbRefused(Exception):
+    """The server said SecurityResult failed; the message is its reason."""
+
+
+def des_answer(password: str, challenge: bytes) -> bytes:
+    """VNC Authentication: the challenge DES-encrypted with the password, NUL-padded to 8
+    bytes, as key, each key byte's bits mirrored (the reference implementation's quirk)."""
+    key = bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode()[:8].ljust(8, b"\0"))
+    des = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
+    return des.update(challenge) + des.finalize()
 
 
 class Rfb:
@@ -53,14 +69,25 @@ class Rfb:
         data, self._buf = self._buf[:n], self._buf[n:]
         return data
 
-    async def handshake(self) -> tuple[int, int, int, bytes]:
-        """Version, security None, ClientInit shared; returns width, height, bpp, name."""
+    async def handshake(self, password: str | None = None) -> tuple[int, int, int, bytes]:
+        """Version, security None (or VNC Authentication with ``password``), ClientInit
+        shared; returns width, height, bpp, name. :class:`RfbRefused` if authentication
+        fails."""
         assert await self.read(12) == b"RFB 003.008\n"
         await self._send(b"RFB 003.008\n")
         (count,) = await self.read(1)
-        assert 1 in await self.read(count), "QEMU offers security type None"
-        await self._send(bytes([1]))
-        assert await self.read(4) == b"\0\0\0\0"  # SecurityResult OK
+        offered = await self.read(count)
+        if password is None:
+            assert 1 in offered, f"the server offers security type None (it offers {offered})"
+            await self._send(bytes([1]))
+        else:
+            assert 2 in offered, f"the server offers VNC Authentication (it offers {offered})"
+            await self._send(bytes([2]))
+            await self._send(des_answer(password, await self.read(16)))
+        result = await self.read(4)
+        if result != b"\0\0\0\0":
+            (length,) = struct.unpack(">I", await self.read(4))
+            raise RfbRefused((await self.read(length)).decode())
         await self._send(bytes([1]))  # ClientInit: shared
         width, height = struct.unpack(">HH", await self.read(4))
         pixel_format = await self.read(16)

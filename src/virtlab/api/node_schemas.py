@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -122,3 +123,19 @@ class Node(BaseModel):
             ),
             created_at=record.created_at,
         )  # fmt: skip
+
+
+class ConsoleTicketRequest(BaseModel):
+    kind: Literal["telnet", "vnc"] = Field("telnet", description="which console port")
+
+
+class ConsoleTicketOut(BaseModel):
+    kind: Literal["telnet", "vnc"]
+    host: str = Field(description="where the console port listens")
+    port: int
+    required: bool = Field(description="whether the port asks for a ticket (false: loopback)")
+    ticket: str | None = Field(
+        description="type it at the telnet prompt, or give it as the VNC password; it works "
+        "once; null when the port asks for none"
+    )
+    expires_in: float | None = Field(description="seconds the ticket stays valid")

@@ -2,9 +2,10 @@
 
 A console port that listens beyond loopback lets a connection in only with a ticket the API
 handed to a user allowed on that node. A telnet ticket is typed (or pasted) at the port's
-prompt; a VNC ticket is the VNC password, which QEMU checks itself (VNC passwords are 8
-characters at most, so VNC tickets are 8 characters from a 62-letter alphabet, and they die
-after ``ttl`` seconds or one use, whichever comes first).
+prompt; a VNC ticket is the VNC password, which the node's VNC port checks in the RFB handshake
+(VNC Authentication, :mod:`virtlab.consoles.rfb_auth`). VNC passwords are 8 characters at
+most, so VNC tickets are 8 characters from a 62-letter alphabet; every ticket dies after
+``ttl`` seconds or one use, whichever comes first.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import secrets
 import string
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Ticket", "TicketBook"]
+__all__ = ["NodeTickets", "Ticket", "TicketBook"]
 
 Kind = Literal["telnet", "vnc"]
 _ALPHABET = string.ascii_letters + string.digits
@@ -51,11 +53,17 @@ class TicketBook:
 
     def redeem(self, node_id: str, kind: Kind, secret: str) -> bool:
         """True once for a live ticket of this node and kind; the ticket is used up."""
+        given = secret.encode()
+        return self.redeem_if(node_id, kind, lambda s: hmac.compare_digest(s.encode(), given))
+
+    def redeem_if(self, node_id: str, kind: Kind, matches: Callable[[str], bool]) -> bool:
+        """Use up the first live ticket of this node and kind whose secret ``matches`` (for a
+        proof of the secret rather than the secret itself, as VNC's challenge/response)."""
         with self._lock:
             self._prune()
             tickets = self._tickets.get((node_id, kind), [])
             for ticket in tickets:
-                if hmac.compare_digest(ticket.secret.encode(), secret.encode()):
+                if matches(ticket.secret):
                     tickets.remove(ticket)
                     return True
         return False
@@ -68,3 +76,27 @@ class TicketBook:
                 self._tickets[key] = live
             else:
                 del self._tickets[key]
+
+
+@dataclass(frozen=True)
+class NodeTickets:
+    """The tickets of one node, as its console ports check them."""
+
+    book: TicketBook
+    node_id: str
+    node_name: str
+
+    def redeem(self, kind: Kind, secret: str) -> bool:
+        return self.book.redeem(self.node_id, kind, secret)
+
+    def redeem_if(self, kind: Kind, matches: Callable[[str], bool]) -> bool:
+        return self.book.redeem_if(self.node_id, kind, matches)
+
+    def refusal(self, kind: Kind) -> str:
+        """What a refused client is told."""
+        option = " --kind vnc" if kind == "vnc" else ""
+        return (
+            f"ticket refused: ask for a new one with `virtlab node console-ticket "
+            f"{self.node_name}{option}` (a ticket works once, for "
+            f"{self.book.ttl:g} seconds)"
+        )

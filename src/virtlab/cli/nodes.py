@@ -1,11 +1,11 @@
 """``virtlab node …``: create, list, show, start, stop, kill, reset, suspend, resume, wipe, rm,
-console, screenshot."""
+console, console-ticket, screenshot."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import typer
@@ -190,3 +190,37 @@ def console(node: str, url: UrlOpt = None) -> None:
         raise typer.Exit(1) from exc
     ws_url = client.url.replace("http", "ws", 1) + record["consoles"]["serial"]["ws"]
     raise typer.Exit(run_console(ws_url, record["name"], client.headers))
+
+
+@app.command("console-ticket")
+def console_ticket(
+    node: str,
+    kind: Annotated[
+        Literal["telnet", "vnc"], typer.Option("--kind", "-k", help="telnet or vnc.")
+    ] = "telnet",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A one-time ticket for a running node's telnet or VNC port (asked for when the ports
+    listen beyond loopback): type it at the telnet prompt, or give it as the VNC password."""
+    reply = call(url, "POST", f"{_node_path(node)}/console/ticket", json={"kind": kind}).json()
+    if as_json:
+        out.print_json(json.dumps(reply))
+        return
+    sep = " " if kind == "telnet" else ":"
+    where = f"{reply['host']}{sep}{reply['port']}"
+    if not reply["required"]:
+        out.print(f"{kind} {where}: this port asks for no ticket (it listens on loopback)")
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("[bold]ticket[/bold]", reply["ticket"])
+    grid.add_row("[bold]connect[/bold]", f"telnet {where}" if kind == "telnet" else where)
+    grid.add_row(
+        "[bold]expires[/bold]",
+        f"in {reply['expires_in']:g} seconds; it works once",
+    )
+    if kind == "vnc":
+        grid.add_row("", "give the ticket as the VNC password")
+    else:
+        grid.add_row("", "paste the ticket at the prompt 'virtlab console ticket:'")
+    out.print(grid, highlight=False)

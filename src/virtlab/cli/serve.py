@@ -48,6 +48,7 @@ def serve(
     settings = Settings(**overrides)
     try:
         settings.check_socket_paths()
+        settings.check_console_exposure()
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

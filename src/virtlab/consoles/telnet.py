@@ -17,6 +17,13 @@ Telnet spoken (RFC 854/855, with the option states of RFC 1143 kept simple):
   tty expects a bare ``CR`` (``ICRNL`` turns it into a newline), so both become ``CR``. A lone
   ``LF`` passes unchanged.
 * Output: 0xFF is sent as ``IAC IAC``; nothing else is changed.
+
+Tickets: when the port is given a node's tickets (a console host beyond loopback, see
+:mod:`virtlab.auth.tickets`), the greeting is followed by the prompt ``virtlab console ticket: ``;
+the client has :data:`TICKET_TIMEOUT` seconds for one line of at most :data:`TICKET_MAX`
+characters (not echoed, like a password). A live ticket of this node lets the connection on to
+the console (scrollback first, as always); anything else gets one line saying so, and the
+connection is closed.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ import asyncio
 import contextlib
 import logging
 
+from virtlab.auth.tickets import NodeTickets
 from virtlab.consoles.hub import ConsoleUnavailable, SerialHub, Subscription, first_completed
 from virtlab.consoles.tcp import TcpConsolePort
 
-__all__ = ["TelnetCodec", "TelnetServer"]
+__all__ = ["PROMPT", "TelnetCodec", "TelnetServer"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,12 @@ _OURS = frozenset({ECHO, SGA, BINARY})  # options we perform on our side (answer
 _THEIRS = frozenset({SGA, BINARY})  # options we let the client perform (answer to WILL)
 _COMMAND_BYTES = {IP: b"\x03", EC: b"\x7f", EL: b"\x15"}
 _NO, _YES, _WANT_YES = 0, 1, 2
+
+PROMPT = b"virtlab console ticket: "
+TICKET_TIMEOUT = 30.0  # seconds to type or paste a ticket
+TICKET_MAX = 64  # characters of a ticket line (tickets have 24)
+_BACKSPACES = frozenset({0x08, 0x7F})
+_ABANDON = frozenset({0x03, 0x04})  # Ctrl-C, Ctrl-D
 
 # (verb, option) pairs sent on connect, in this order.
 GREETING = ((WILL, ECHO), (WILL, SGA), (DO, SGA), (WILL, BINARY), (DO, BINARY))
@@ -161,18 +175,48 @@ class TelnetServer(TcpConsolePort):
 
     what = "telnet server"
 
-    def __init__(self, hub: SerialHub, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, hub: SerialHub, host: str = "127.0.0.1", port: int = 0,
+        tickets: NodeTickets | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(host, port)
         self.hub = hub
+        self.tickets = tickets  # None: no ticket asked (a loopback port)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         codec = TelnetCodec()
         try:
             writer.write(codec.greeting())
+            if self.tickets is not None and not await self._admit(reader, writer, codec):
+                return
             with self.hub.subscribe() as sub:
                 await first_completed(_output(sub, writer), self._input(reader, writer, codec))
         except OSError as exc:
             log.debug("telnet client %s: %s", writer.get_extra_info("peername"), exc)
+
+    async def _admit(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, codec: TelnetCodec
+    ) -> bool:
+        """Prompt for a ticket; True if it is a live one of this node (it is then used up)."""
+        assert self.tickets is not None
+        peer = writer.get_extra_info("peername")
+        writer.write(PROMPT)
+        await writer.drain()
+        try:
+            async with asyncio.timeout(TICKET_TIMEOUT):
+                line = await _read_line(reader, writer, codec)
+        except TimeoutError:
+            line, why = None, f"no ticket within {TICKET_TIMEOUT:g} seconds"
+        else:
+            why = "no ticket given" if not line else "not a live ticket of this node"
+        if line and self.tickets.redeem("telnet", line):
+            log.info("telnet %s: ticket accepted for node %s", peer, self.tickets.node_name)
+            writer.write(b"\r\n")
+            return True
+        log.info("telnet %s: refused for node %s: %s", peer, self.tickets.node_name, why)
+        writer.write(f"\r\n{self.tickets.refusal('telnet')}\r\n".encode())
+        await writer.drain()
+        return False
 
     async def _input(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, codec: TelnetCodec
@@ -183,6 +227,30 @@ class TelnetServer(TcpConsolePort):
                 writer.write(replies)
             with contextlib.suppress(ConsoleUnavailable):  # closing: the output side ends it
                 await self.hub.write(keys)
+
+
+async def _read_line(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, codec: TelnetCodec
+) -> str | None:
+    """One line typed at the prompt, not echoed; None: the client left, gave up (Ctrl-C,
+    Ctrl-D) or sent more than :data:`TICKET_MAX` characters."""
+    line = bytearray()
+    while data := await reader.read(256):
+        keys, replies = codec.decode(data)
+        if replies:
+            writer.write(replies)
+        for byte in keys:
+            if byte in (_CR, _LF):
+                return line.decode("ascii", "replace").strip()
+            if byte in _ABANDON:
+                return None
+            if byte in _BACKSPACES:
+                del line[-1:]
+            else:
+                line.append(byte)
+        if len(line) > TICKET_MAX:
+            return None
+    return None
 
 
 async def _output(sub: Subscription, writer: asyncio.StreamWriter) -> None:

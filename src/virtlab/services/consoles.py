@@ -1,5 +1,8 @@
 """Each running node's consoles: its serial hub, telnet port and VNC port, opened and closed
-with the node. Ports are allocated once, when the node is created, and kept."""
+with the node. Ports are allocated once, when the node is created, and kept.
+
+When ``tickets_required`` (a console host beyond loopback), the ports are given the node's
+tickets and :meth:`ConsoleManager.issue_ticket` hands them out."""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import contextlib
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Literal
 
+from virtlab.auth.tickets import NodeTickets, TicketBook
 from virtlab.catalog import NodeRecord
 from virtlab.consoles import ConsoleUnavailable, SerialHub, TelnetServer, VncTcpProxy
 from virtlab.errors import Conflict, InsufficientStorage
@@ -15,7 +20,7 @@ from virtlab.nodes.ports import PortRange
 from virtlab.nodes.spec import NodeSpec
 from virtlab.nodes.state import NodeState
 
-__all__ = ["ConsoleManager", "NodeConsoles", "Ports"]
+__all__ = ["ConsoleManager", "ConsoleTicket", "NodeConsoles", "Ports"]
 
 log = logging.getLogger("virtlab.consoles")
 
@@ -24,6 +29,18 @@ log = logging.getLogger("virtlab.consoles")
 class Ports:
     telnet: int | None
     vnc: int | None
+
+
+@dataclass(frozen=True)
+class ConsoleTicket:
+    """Where a console port is, and the ticket it asks for (None: it asks for none)."""
+
+    kind: Literal["telnet", "vnc"]
+    host: str
+    port: int
+    required: bool
+    ticket: str | None = None
+    expires_in: float | None = None  # seconds
 
 
 @dataclass
@@ -38,8 +55,11 @@ class ConsoleManager:
     def __init__(
         self, *, host: str, telnet_ports: PortRange, vnc_ports: PortRange,
         vnc_tcp: bool = True, scrollback_bytes: int = 256 << 10,
+        tickets_required: bool = False, ticket_seconds: float = 60.0,
     ) -> None:  # fmt: skip
         self.host = host
+        self.tickets_required = tickets_required
+        self.tickets = TicketBook(ttl=ticket_seconds)
         self.telnet_ports = telnet_ports
         self.vnc_ports = vnc_ports
         self.vnc_tcp = vnc_tcp
@@ -69,6 +89,7 @@ class ConsoleManager:
         await self.close(record.id)
         consoles = NodeConsoles(spec)
         self._open[record.id] = consoles
+        gate = NodeTickets(self.tickets, record.id, record.name) if self.tickets_required else None
         try:
             if spec.serial:
                 consoles.hub = SerialHub(
@@ -77,10 +98,12 @@ class ConsoleManager:
                 )  # fmt: skip
                 await consoles.hub.start()
                 if record.telnet_port:
-                    consoles.telnet = TelnetServer(consoles.hub, self.host, record.telnet_port)
+                    consoles.telnet = TelnetServer(
+                        consoles.hub, self.host, record.telnet_port, tickets=gate
+                    )
                     await consoles.telnet.start()
             if spec.vnc and record.vnc_port and self.vnc_tcp:
-                consoles.vnc = VncTcpProxy(spec.paths.vnc, self.host, record.vnc_port)
+                consoles.vnc = VncTcpProxy(spec.paths.vnc, self.host, record.vnc_port, tickets=gate)
                 await consoles.vnc.start()
         except (OSError, ConsoleUnavailable) as exc:
             log.warning("node %s: a console could not be opened: %s", record.name, exc)
@@ -102,6 +125,33 @@ class ConsoleManager:
         if consoles is None or not consoles.spec.vnc:
             raise Conflict(f"node {record.name} has no VNC console now (it is {record.state})")
         return consoles.spec.paths.vnc
+
+    def issue_ticket(self, record: NodeRecord, kind: Literal["telnet", "vnc"]) -> ConsoleTicket:
+        """A ticket for the node's telnet or VNC port (when its ports ask for one), and where
+        the port is; :class:`Conflict` if that port is not open now."""
+        consoles = self._open.get(record.id)
+        if consoles is None:
+            raise Conflict(
+                f"node {record.name} is {record.state}: its console ports are open only while "
+                f"it runs; start it (`virtlab node start {record.name}`)"
+            )
+        port = consoles.telnet if kind == "telnet" else consoles.vnc
+        if port is None:
+            why = (
+                "it has no serial console, or its telnet port could not be opened (see the "
+                "server's log)"
+                if kind == "telnet"
+                else "it has no display, VNC TCP ports are off (VIRTLAB_VNC_TCP), or its port "
+                "could not be opened (see the server's log); the web UI's VNC works without one"
+            )
+            raise Conflict(f"node {record.name} has no {kind} console port: {why}")
+        if not self.tickets_required:
+            return ConsoleTicket(kind, self.host, port.port, required=False)
+        ticket = self.tickets.issue(record.id, kind)
+        return ConsoleTicket(
+            kind, self.host, port.port, required=True, ticket=ticket.secret,
+            expires_in=self.tickets.ttl,
+        )  # fmt: skip
 
     async def close(self, node_id: str) -> None:
         consoles = self._open.pop(node_id, None)

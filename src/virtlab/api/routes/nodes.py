@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, WebSocket
 
 from virtlab.api.access import AccessDep
 from virtlab.api.deps import NodeServiceDep, RuntimeDep
-from virtlab.api.node_schemas import Node, NodeCreate, NodeUpdate
+from virtlab.api.node_schemas import (
+    ConsoleTicketOut,
+    ConsoleTicketRequest,
+    Node,
+    NodeCreate,
+    NodeUpdate,
+)
 from virtlab.consoles import serve_serial, serve_vnc
 from virtlab.errors import NotFound, VirtlabError
 from virtlab.services.nodes import NodeSettings
@@ -128,6 +135,21 @@ async def stop_node(
 )
 async def screenshot(ref: NodeRef, nodes: NodeServiceDep) -> Response:
     return Response(await nodes.screenshot(ref), media_type="image/png")
+
+
+@router.post(
+    "/api/nodes/{ref}/console/ticket", response_model=ConsoleTicketOut, responses=REFUSED,
+    summary="A short-lived, single-use ticket for a running node's telnet or VNC port",
+)  # fmt: skip
+def console_ticket(
+    ref: NodeRef, body: ConsoleTicketRequest, nodes: NodeServiceDep, runtime: RuntimeDep
+) -> ConsoleTicketOut:
+    """Console ports on an address beyond loopback (VIRTLAB_CONSOLE_HOST) ask for a ticket:
+    typed at the telnet port's prompt, or given as the VNC password. A ticket works once, for
+    VIRTLAB_CONSOLE_TICKET_SECONDS (60 s by default). On loopback no ticket is asked for:
+    the answer says `required: false` and where the port is."""
+    issued = runtime.consoles.issue_ticket(nodes.get(ref), body.kind)
+    return ConsoleTicketOut(**dataclasses.asdict(issued))
 
 
 @router.websocket("/api/nodes/{ref}/console/serial")
