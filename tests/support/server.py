@@ -111,7 +111,11 @@ class Server:
                 self.log.append(line.rstrip())
                 if _READY in line:
                     ready.set()
-        ready.set()  # exited: wake the waiter, which checks poll()
+        # Its stderr ended: the process is ending. Reap it first, so that the waiter's poll()
+        # sees the exit (and reports the log) rather than trying to log in to nothing.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        ready.set()
 
     def client(self, token: str | None = None, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
         """An httpx client as the admin (or as the holder of ``token``; ``""``: anonymous)."""
