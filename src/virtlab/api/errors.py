@@ -13,6 +13,16 @@ from virtlab import errors
 
 log = logging.getLogger("virtlab.api")
 
+DETAIL_SCHEMA = {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
+}  # fmt: skip
+
+
+def refusal(description: str) -> dict:
+    """An error response for a route's ``responses=``: a ``{"detail": "..."}`` body."""
+    return {"description": description, "content": {"application/json": {"schema": DETAIL_SCHEMA}}}
+
+
 # Most specific first.
 STATUS: list[tuple[type[errors.VirtlabError], int]] = [
     (errors.Unauthorized, 401),

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from virtlab.api.auth import COOKIE, AdminDep, PrincipalDep
 from virtlab.api.deps import RuntimeDep
+from virtlab.api.errors import refusal
 from virtlab.auth import passwords
 from virtlab.catalog.users import TokenRecord, UserRecord
 from virtlab.errors import InvalidRequest, Unauthorized
@@ -26,15 +27,12 @@ __all__ = ["public", "router"]
 public = APIRouter(tags=["access"])  # no login needed
 router = APIRouter(tags=["access"])
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-}}}}  # fmt: skip
 REFUSED = {
-    400: {"description": "Bad name, role or password", **_ERR},
-    401: {"description": "Not logged in, or a wrong password", **_ERR},
-    403: {"description": "Needs the admin role", **_ERR},
-    404: {"description": "No such user or token", **_ERR},
-    409: {"description": "The name is taken, or the last admin", **_ERR},
+    400: refusal("Bad name, role or password"),
+    401: refusal("Not logged in, or a wrong password"),
+    403: refusal("Needs the admin role"),
+    404: refusal("No such user or token"),
+    409: refusal("The name is taken, or the last admin"),
 }
 UserName = Annotated[str, Path(min_length=1, max_length=32)]
 TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
