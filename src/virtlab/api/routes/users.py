@@ -21,6 +21,7 @@ from virtlab.api.errors import refusal
 from virtlab.auth import passwords
 from virtlab.catalog.users import TokenRecord, UserRecord
 from virtlab.errors import InvalidRequest, Unauthorized
+from virtlab.services.users import MAX_TOKEN_HOURS
 
 __all__ = ["public", "router"]
 
@@ -109,7 +110,9 @@ class PasswordChange(BaseModel):
 
 class TokenCreate(BaseModel):
     label: str = Field("", max_length=63)
-    hours: float | None = Field(None, gt=0, description="lifetime; none: until revoked")
+    hours: float | None = Field(
+        None, gt=0, le=MAX_TOKEN_HOURS, description="lifetime; none: until revoked"
+    )
 
 
 class TokenCreated(BaseModel):
