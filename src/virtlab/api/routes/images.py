@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from virtlab.api.auth import PrincipalDep, require_admin, require_role
 from virtlab.api.deps import ImageServiceDep, RuntimeDep
-from virtlab.api.errors import refusal
+from virtlab.api.errors import refusal, refusal_or_invalid
 from virtlab.api.multipart import stream_file_field
 from virtlab.api.schemas import (
     BootTestRequest,
@@ -32,7 +32,7 @@ IMPORT_ERRORS = {
     409: refusal("Import id already in use"),
     413: refusal("Past the upload, expanded or virtual size cap"),
     415: refusal("Not a format virtlab accepts"),
-    422: refusal("Refused: unsafe or damaged image; the reason is in detail"),
+    422: refusal_or_invalid("Refused: unsafe or damaged image; the reason is in detail"),
     507: refusal("The data directory's disk is full"),
 }
 ImportId = Annotated[

@@ -11,7 +11,7 @@ from starlette.background import BackgroundTask
 
 from virtlab.api.auth import PrincipalDep, require_role
 from virtlab.api.deps import RuntimeDep
-from virtlab.api.errors import refusal
+from virtlab.api.errors import refusal, refusal_or_invalid
 from virtlab.api.node_schemas import NAME_PATTERN
 from virtlab.api.routes.labs import LabInfo, LabName
 
@@ -26,7 +26,7 @@ IMPORT_ERRORS = {
     404: refusal("A base image is neither here nor in the archive (named)"),
     409: refusal("A lab of that name exists"),
     413: refusal("Past the upload cap, or an oversized manifest"),
-    422: refusal("A disk or image in the archive is refused; the reason is in detail"),
+    422: refusal_or_invalid("A disk or image in the archive is refused; the reason is in detail"),
     507: refusal("The data directory's disk is full"),
 }  # fmt: skip
 
