@@ -87,7 +87,8 @@ async def add_link(body: LinkCreate, runtime: RuntimeDep, access: AccessDep) -> 
     return _out(runtime, link)
 
 
-@router.get("/api/links", response_model=list[Link], summary="List links")
+@router.get("/api/links", response_model=list[Link], summary="List links",
+            responses={404: refusal("No such lab")})  # fmt: skip
 def list_links(
     runtime: RuntimeDep, access: AccessDep,
     lab: Annotated[str | None, Query(max_length=63)] = None,
