@@ -130,7 +130,11 @@ def _set_cookie(request: Request, response: Response, value: str, hours: float) 
 # -- logging in and out ---------------------------------------------------------------------------
 
 
-@public.post("/api/login", response_model=LoginResult, responses=REFUSED, summary="Log in")
+@public.post(
+    "/api/login", response_model=LoginResult, summary="Log in",
+    responses={**REFUSED, 429: refusal("Too many failed logins of this name from here: wait "
+                                       "Retry-After seconds")},
+)  # fmt: skip
 async def login(
     body: LoginRequest, request: Request, response: Response, runtime: RuntimeDep
 ) -> LoginResult:
