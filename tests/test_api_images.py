@@ -166,6 +166,13 @@ def test_a_clean_qcow2_is_kept_byte_for_byte(server: Server, raw: Path, tmp_path
         ({"files": {"other": ("x.img", b"abc")}}, "no file field named 'image'"),
         ({"data": {"image": "not a file"}}, "multipart/form-data"),
         ({"content": b"abc", "headers": {"content-type": "text/plain"}}, "multipart/form-data"),
+        (  # a part with no headers: found by the fuzzer (tests/test_fuzz_api.py), once a 500
+            {
+                "content": b"--b\r\n7171--b--\r\n",
+                "headers": {"content-type": "multipart/form-data; boundary=b"},
+            },
+            "multipart/form-data body is malformed",
+        ),
     ],
 )
 def test_a_malformed_upload_is_a_400_with_the_reason(server: Server, kwargs, detail) -> None:  # type: ignore[no-untyped-def]

@@ -200,6 +200,14 @@ def test_who_may_upload_and_delete_images_is_a_setting(make_server, tmp_path) ->
         assert reply.status_code == 403 and f"delete the image {image}" in reply.json()["detail"]
 
 
+def test_a_token_lifetime_past_ten_years_is_refused_not_a_server_error(server: Server) -> None:
+    with server.client() as client:
+        for hours in (1e300, 24 * 365 * 10 + 1):
+            reply = client.post("/api/tokens", json={"hours": hours})
+            assert reply.status_code == 422 and "hours" in reply.text, reply.text
+        assert client.post("/api/tokens", json={"hours": 24 * 365 * 10}).status_code == 201
+
+
 def test_requests_from_another_site_are_refused(server: Server) -> None:
     with server.client(token="") as browser:
         browser.post("/api/login", json={"name": "admin", "password": server.admin_password})

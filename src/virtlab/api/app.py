@@ -55,9 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Routers whose paths name a node (ref), a lab (name) or a link (link_id) also check that
     # it is the requester's (virtlab.api.access).
     logged_in, owned = [Depends(principal)], [Depends(principal), Depends(guard_path)]
+    refused = {
+        401: errors.refusal("Not logged in, or the token is unknown, expired or revoked"),
+        403: errors.refusal("A page of another site, or a role this needs"),
+    }
     for module in (users, images, events):
-        app.include_router(module.router, dependencies=logged_in)
+        app.include_router(module.router, dependencies=logged_in, responses=refused)
     for module in (nodes, labs, lab_archive, checkpoints, links):
-        app.include_router(module.router, dependencies=owned)
+        app.include_router(module.router, dependencies=owned, responses=refused)
     web.install(app)  # the web UI at /, once built (make setup)
     return app

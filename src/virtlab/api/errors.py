@@ -13,6 +13,34 @@ from virtlab import errors
 
 log = logging.getLogger("virtlab.api")
 
+DETAIL_SCHEMA = {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
+}  # fmt: skip
+
+
+def refusal(description: str) -> dict:
+    """An error response for a route's ``responses=``: a ``{"detail": "..."}`` body."""
+    return {"description": description, "content": {"application/json": {"schema": DETAIL_SCHEMA}}}
+
+
+def refusal_or_invalid(description: str) -> dict:
+    """A 422 of a route that refuses content with 422 itself (``{"detail": "..."}``), while
+    FastAPI answers a malformed parameter with 422 too, its ``detail`` a list of problems."""
+    problems = {"type": "array", "items": {
+        "type": "object", "required": ["loc", "msg", "type"],
+        "properties": {"loc": {"type": "array"}, "msg": {"type": "string"},
+                       "type": {"type": "string"}},
+    }}  # fmt: skip
+    schema = {
+        "type": "object", "required": ["detail"],
+        "properties": {"detail": {"anyOf": [{"type": "string"}, problems]}},
+    }  # fmt: skip
+    return {
+        "description": f"{description}; or a malformed parameter (detail lists the problems)",
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
 # Most specific first.
 STATUS: list[tuple[type[errors.VirtlabError], int]] = [
     (errors.Unauthorized, 401),

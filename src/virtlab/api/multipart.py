@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from virtlab.errors import InvalidRequest
@@ -56,6 +57,15 @@ async def stream_file_field(
     parser = MultipartParser(_boundary(content_type), _callbacks(state))
     source = body.__aiter__()
 
+    def feed(chunk: bytes) -> None:
+        try:
+            parser.write(chunk)
+        except MultipartParseError as exc:
+            raise InvalidRequest(
+                f"the multipart/form-data body is malformed ({exc}); "
+                f'send the file as -F "{field_name}=@FILE"'
+            ) from exc
+
     while state.filename is None:
         try:
             chunk = await source.__anext__()
@@ -64,7 +74,7 @@ async def stream_file_field(
                 f"the form has no file field named '{field_name}'; "
                 f'send it as -F "{field_name}=@FILE"'
             ) from None
-        parser.write(chunk)
+        feed(chunk)
 
     async def chunks() -> AsyncIterator[bytes]:
         while True:
@@ -81,7 +91,7 @@ async def stream_file_field(
                     f"the upload of {state.filename} ended before its form field was complete; "
                     "the connection was probably cut: upload it again"
                 ) from None
-            parser.write(chunk)
+            feed(chunk)
 
     return FilePart(state.filename, chunks())
 

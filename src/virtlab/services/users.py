@@ -21,9 +21,10 @@ from virtlab.catalog import Catalog
 from virtlab.catalog.users import TokenRecord, UserRecord, UserRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound, TooManyAttempts, Unauthorized
 
-__all__ = ["ROLES", "Principal", "UserService", "validate_user_name"]
+__all__ = ["MAX_TOKEN_HOURS", "ROLES", "Principal", "UserService", "validate_user_name"]
 
 ROLES = ("admin", "user")
+MAX_TOKEN_HOURS = 24 * 365 * 10  # a token's longest lifetime, when it has one
 USER_RULE = (
     "1 to 32 characters: lower-case letters, digits, '_', '.' and '-', starting with a letter"
 )
@@ -154,8 +155,11 @@ class UserService:
         """A new token for ``name``: its record and the value to hand over once."""
         if kind not in ("api", "session"):
             raise InvalidRequest(f"a token is an api token or a session, not {kind!r}")
-        if hours is not None and hours <= 0:
-            raise InvalidRequest("a token's lifetime must be positive (hours)")
+        if hours is not None and not 0 < hours <= MAX_TOKEN_HOURS:
+            raise InvalidRequest(
+                f"a token's lifetime is more than 0 and at most {MAX_TOKEN_HOURS} hours "
+                "(ten years); for a token that lasts until revoked, give none"
+            )
         user = self.get(name)
         issued = tokens.issue()
         now = _now()

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from virtlab.api.deps import RuntimeDep
+from virtlab.api.errors import refusal
 from virtlab.api.node_schemas import Node
 from virtlab.api.routes.labs import LabInfo, LabName
 from virtlab.api.routes.nodes import NodeRef
@@ -20,14 +21,11 @@ from virtlab.services.checkpoints import LabCheckpoint
 
 router = APIRouter(tags=["checkpoints"])
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-}}}}  # fmt: skip
 REFUSED = {
-    400: {"description": "A tag that cannot name a checkpoint", **_ERR},
-    404: {"description": "No such node, lab or checkpoint", **_ERR},
-    409: {"description": "Not now (the reason is in detail: a node's state, a tag in use, a "
-                         "checkpoint QEMU cannot load)", **_ERR},
+    400: refusal("A tag that cannot name a checkpoint"),
+    404: refusal("No such node, lab or checkpoint"),
+    409: refusal("Not now (the reason is in detail: a node's state, a tag in use, a "
+                 "checkpoint QEMU cannot load)"),
 }  # fmt: skip
 Tag = Annotated[str, Path(min_length=1, max_length=63, description="the checkpoint's tag")]
 Force = Annotated[

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from virtlab.api.auth import PrincipalDep, require_admin, require_role
 from virtlab.api.deps import ImageServiceDep, RuntimeDep
+from virtlab.api.errors import refusal, refusal_or_invalid
 from virtlab.api.multipart import stream_file_field
 from virtlab.api.schemas import (
     BootTestRequest,
@@ -26,16 +27,13 @@ from virtlab.errors import InvalidRequest
 router = APIRouter(tags=["images"])
 
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-}}}}  # fmt: skip
 IMPORT_ERRORS = {
-    400: {"description": "Malformed request", **_ERR},
-    409: {"description": "Import id already in use", **_ERR},
-    413: {"description": "Past the upload, expanded or virtual size cap", **_ERR},
-    415: {"description": "Not a format virtlab accepts", **_ERR},
-    422: {"description": "Refused: unsafe or damaged image; the reason is in detail", **_ERR},
-    507: {"description": "The data directory's disk is full", **_ERR},
+    400: refusal("Malformed request"),
+    409: refusal("Import id already in use"),
+    413: refusal("Past the upload, expanded or virtual size cap"),
+    415: refusal("Not a format virtlab accepts"),
+    422: refusal_or_invalid("Refused: unsafe or damaged image; the reason is in detail"),
+    507: refusal("The data directory's disk is full"),
 }
 ImportId = Annotated[
     str | None,
@@ -120,7 +118,7 @@ def list_images(images: ImageServiceDep) -> list[Image]:
     "/api/images/{name}",
     response_model=Image,
     summary="Show one image",
-    responses={404: {"description": "No such image", **_ERR}},
+    responses={404: refusal("No such image")},
 )
 def get_image(name: ImageName, images: ImageServiceDep) -> Image:
     return Image.of(images.get(name))
@@ -128,8 +126,8 @@ def get_image(name: ImageName, images: ImageServiceDep) -> Image:
 
 @router.delete(
     "/api/images/{name}", status_code=204, summary="Delete an image and its file",
-    responses={404: {"description": "No such image", **_ERR},
-               409: {"description": "In use", **_ERR}},
+    responses={404: refusal("No such image"),
+               409: refusal("In use")},
 )  # fmt: skip
 def delete_image(
     name: ImageName, images: ImageServiceDep, who: PrincipalDep, runtime: RuntimeDep
@@ -179,7 +177,7 @@ def list_imports(images: ImageServiceDep) -> list[ImportStatus]:
     "/api/imports/{import_id}",
     response_model=ImportStatus,
     summary="One import's progress",
-    responses={404: {"description": "No such import", **_ERR}},
+    responses={404: refusal("No such import")},
 )
 def get_import(import_id: str, images: ImageServiceDep) -> ImportStatus:
     return ImportStatus.of(images.job(import_id))
@@ -188,7 +186,7 @@ def get_import(import_id: str, images: ImageServiceDep) -> ImportStatus:
 @router.post(
     "/api/images/{name}/boot-test", response_model=BootTestResult,
     summary="Boot an image on a throwaway overlay and report what it showed",
-    responses={404: {"description": "No such image", **_ERR}},
+    responses={404: refusal("No such image")},
 )  # fmt: skip
 async def boot_test(name: ImageName, body: BootTestRequest, runtime: RuntimeDep) -> BootTestResult:
     """Boots the image (a disk on a throwaway overlay, or a CD-ROM with a blank disk), captures

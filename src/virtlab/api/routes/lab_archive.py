@@ -11,26 +11,23 @@ from starlette.background import BackgroundTask
 
 from virtlab.api.auth import PrincipalDep, require_role
 from virtlab.api.deps import RuntimeDep
+from virtlab.api.errors import refusal, refusal_or_invalid
 from virtlab.api.node_schemas import NAME_PATTERN
 from virtlab.api.routes.labs import LabInfo, LabName
 
 router = APIRouter(tags=["labs"])
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-}}}}  # fmt: skip
 ARCHIVE_ERRORS = {
-    404: {"description": "No such lab", **_ERR},
-    409: {"description": "Some of the lab's nodes are not stopped (they are named)", **_ERR},
+    404: refusal("No such lab"),
+    409: refusal("Some of the lab's nodes are not stopped (they are named)"),
 }
 IMPORT_ERRORS = {
-    400: {"description": "Not a lab archive, or one with unexpected contents", **_ERR},
-    404: {"description": "A base image is neither here nor in the archive (named)", **_ERR},
-    409: {"description": "A lab of that name exists", **_ERR},
-    413: {"description": "Past the upload cap, or an oversized manifest", **_ERR},
-    422: {"description": "A disk or image in the archive is refused; the reason is in detail",
-          **_ERR},
-    507: {"description": "The data directory's disk is full", **_ERR},
+    400: refusal("Not a lab archive, or one with unexpected contents"),
+    404: refusal("A base image is neither here nor in the archive (named)"),
+    409: refusal("A lab of that name exists"),
+    413: refusal("Past the upload cap, or an oversized manifest"),
+    422: refusal_or_invalid("A disk or image in the archive is refused; the reason is in detail"),
+    507: refusal("The data directory's disk is full"),
 }  # fmt: skip
 
 

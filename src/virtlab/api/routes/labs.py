@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from virtlab.api.access import AccessDep
 from virtlab.api.deps import RuntimeDep
+from virtlab.api.errors import refusal
 from virtlab.api.node_schemas import NAME_PATTERN, Node
 from virtlab.api.routes.links import Link
 from virtlab.api.routes.links import _out as link_out
@@ -19,13 +20,10 @@ from virtlab.topology import json_schema
 
 router = APIRouter(tags=["labs"])
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-}}}}  # fmt: skip
 REFUSED = {
-    400: {"description": "Bad request or topology file (every problem listed)", **_ERR},
-    404: {"description": "No such lab or image", **_ERR},
-    409: {"description": "Exists and differs, or a node's state forbids it", **_ERR},
+    400: refusal("Bad request or topology file (every problem listed)"),
+    404: refusal("No such lab or image"),
+    409: refusal("Exists and differs, or a node's state forbids it"),
 }
 LabName = Annotated[str, Path(pattern=NAME_PATTERN)]
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain")

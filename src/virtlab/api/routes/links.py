@@ -10,17 +10,15 @@ from pydantic import BaseModel, Field
 
 from virtlab.api.access import AccessDep
 from virtlab.api.deps import RuntimeDep
+from virtlab.api.errors import refusal
 from virtlab.catalog.labs import LinkRecord
 
 router = APIRouter(tags=["links"])
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-}}}}  # fmt: skip
 REFUSED = {
-    400: {"description": "Bad request", **_ERR},
-    404: {"description": "No such link, node or lab", **_ERR},
-    409: {"description": "An interface already carries a link", **_ERR},
+    400: refusal("Bad request"),
+    404: refusal("No such link, node or lab"),
+    409: refusal("An interface already carries a link"),
 }
 LinkId = Annotated[str, Path(min_length=1, max_length=32)]
 
@@ -89,7 +87,8 @@ async def add_link(body: LinkCreate, runtime: RuntimeDep, access: AccessDep) -> 
     return _out(runtime, link)
 
 
-@router.get("/api/links", response_model=list[Link], summary="List links")
+@router.get("/api/links", response_model=list[Link], summary="List links",
+            responses={404: refusal("No such lab")})  # fmt: skip
 def list_links(
     runtime: RuntimeDep, access: AccessDep,
     lab: Annotated[str | None, Query(max_length=63)] = None,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response, WebSocket
 
 from virtlab.api.access import AccessDep
 from virtlab.api.deps import NodeServiceDep, RuntimeDep
+from virtlab.api.errors import refusal
 from virtlab.api.node_schemas import (
     ConsoleTicketOut,
     ConsoleTicketRequest,
@@ -22,11 +23,8 @@ from virtlab.services.nodes import NodeSettings
 
 router = APIRouter(tags=["nodes"])
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-}}}}  # fmt: skip
-NOT_FOUND = {404: {"description": "No such node", **_ERR}}
-REFUSED = {**NOT_FOUND, 409: {"description": "Not now: the node's state forbids it", **_ERR}}
+NOT_FOUND = {404: refusal("No such node")}
+REFUSED = {**NOT_FOUND, 409: refusal("Not now: the node's state forbids it")}
 NodeRef = Annotated[
     str, Path(min_length=1, max_length=130, description="the node's id, NAME, or LAB:NAME")
 ]
@@ -38,9 +36,9 @@ def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]
 
 @router.post(
     "/api/nodes", status_code=201, response_model=Node, summary="Create a node",
-    responses={400: {"description": "Bad settings", **_ERR},
-               404: {"description": "No such image", **_ERR},
-               409: {"description": "Name taken, or image not usable", **_ERR}},
+    responses={400: refusal("Bad settings"),
+               404: refusal("No such image"),
+               409: refusal("Name taken, or image not usable")},
 )  # fmt: skip
 async def create_node(
     body: NodeCreate, nodes: NodeServiceDep, runtime: RuntimeDep, access: AccessDep
@@ -71,7 +69,7 @@ def get_node(ref: NodeRef, nodes: NodeServiceDep, runtime: RuntimeDep) -> Node:
     "/api/nodes/{ref}",
     response_model=Node,
     summary="Change a stopped node's settings",
-    responses={**REFUSED, 400: {"description": "Bad settings", **_ERR}},
+    responses={**REFUSED, 400: refusal("Bad settings")},
 )
 async def edit_node(
     ref: NodeRef, body: NodeUpdate, nodes: NodeServiceDep, runtime: RuntimeDep
@@ -138,7 +136,8 @@ async def screenshot(ref: NodeRef, nodes: NodeServiceDep) -> Response:
 
 
 @router.post(
-    "/api/nodes/{ref}/console/ticket", response_model=ConsoleTicketOut, responses=REFUSED,
+    "/api/nodes/{ref}/console/ticket", response_model=ConsoleTicketOut,
+    responses={**REFUSED, 400: refusal("A body that is not JSON")},
     summary="A short-lived, single-use ticket for a running node's telnet or VNC port",
 )  # fmt: skip
 def console_ticket(

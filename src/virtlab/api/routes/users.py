@@ -17,24 +17,23 @@ from pydantic import BaseModel, Field
 
 from virtlab.api.auth import COOKIE, AdminDep, PrincipalDep
 from virtlab.api.deps import RuntimeDep
+from virtlab.api.errors import refusal
 from virtlab.auth import passwords
 from virtlab.catalog.users import TokenRecord, UserRecord
 from virtlab.errors import InvalidRequest, Unauthorized
+from virtlab.services.users import MAX_TOKEN_HOURS
 
 __all__ = ["public", "router"]
 
 public = APIRouter(tags=["access"])  # no login needed
 router = APIRouter(tags=["access"])
 
-_ERR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-}}}}  # fmt: skip
 REFUSED = {
-    400: {"description": "Bad name, role or password", **_ERR},
-    401: {"description": "Not logged in, or a wrong password", **_ERR},
-    403: {"description": "Needs the admin role", **_ERR},
-    404: {"description": "No such user or token", **_ERR},
-    409: {"description": "The name is taken, or the last admin", **_ERR},
+    400: refusal("Bad name, role or password"),
+    401: refusal("Not logged in, or a wrong password"),
+    403: refusal("Needs the admin role"),
+    404: refusal("No such user or token"),
+    409: refusal("The name is taken, or the last admin"),
 }
 UserName = Annotated[str, Path(min_length=1, max_length=32)]
 TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
@@ -111,7 +110,9 @@ class PasswordChange(BaseModel):
 
 class TokenCreate(BaseModel):
     label: str = Field("", max_length=63)
-    hours: float | None = Field(None, gt=0, description="lifetime; none: until revoked")
+    hours: float | None = Field(
+        None, gt=0, le=MAX_TOKEN_HOURS, description="lifetime; none: until revoked"
+    )
 
 
 class TokenCreated(BaseModel):
@@ -129,7 +130,11 @@ def _set_cookie(request: Request, response: Response, value: str, hours: float) 
 # -- logging in and out ---------------------------------------------------------------------------
 
 
-@public.post("/api/login", response_model=LoginResult, responses=REFUSED, summary="Log in")
+@public.post(
+    "/api/login", response_model=LoginResult, summary="Log in",
+    responses={**REFUSED, 429: refusal("Too many failed logins of this name from here: wait "
+                                       "Retry-After seconds")},
+)  # fmt: skip
 async def login(
     body: LoginRequest, request: Request, response: Response, runtime: RuntimeDep
 ) -> LoginResult:
