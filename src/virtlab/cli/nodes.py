@@ -105,18 +105,23 @@ def show(node: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     _print_node(call(url, "GET", _node_path(node)).json(), as_json)
 
 
+def _act(url: str | None, nodes: list[str], action: str, as_json: bool) -> None:
+    """POST the action to each node in turn; print each node's new state."""
+    results = [call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
+    if as_json:
+        out.print_json(json.dumps(results))
+    else:
+        for node in results:
+            out.print(f"{node['name']}: {node['state']}")
+
+
 def _lifecycle(action: str, doc: str) -> None:
     def command(
         nodes: Annotated[list[str], typer.Argument(help="Node names or ids.")],
         url: UrlOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        results = [call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
-        if as_json:
-            out.print_json(json.dumps(results))
-        else:
-            for node in results:
-                out.print(f"{node['name']}: {node['state']}")
+        _act(url, nodes, action, as_json)
 
     command.__doc__ = doc
     app.command(action)(command)
@@ -133,12 +138,7 @@ def _from_checkpoint(action: str, doc: str) -> None:
         if from_ is not None:
             resume_nodes(url, nodes, from_, force, as_json)
             return
-        results = [call(url, "POST", f"{_node_path(n)}/{action}").json() for n in nodes]
-        if as_json:
-            out.print_json(json.dumps(results))
-        else:
-            for node in results:
-                out.print(f"{node['name']}: {node['state']}")
+        _act(url, nodes, action, as_json)
 
     command.__doc__ = doc
     app.command(action)(command)
