@@ -394,3 +394,29 @@ def human_bytes(n: float) -> str:
 
 def rate(nbytes: int, seconds: float) -> str:
     return f"{nbytes / seconds / 1e6:,.0f} MB/s"
+
+
+@dataclass
+class OnServer:
+    """A benchmark's server with the boot disk imported: where its nodes live."""
+
+    server: Server
+    image: str  # the boot disk, imported
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.server.headers
+
+    @property
+    def data(self) -> Path:
+        return self.server.data_dir
+
+    def node_dir(self, node_id: str) -> Path:
+        return self.data / "nodes" / node_id
+
+    def qemu_pid(self, node_id: str) -> int:
+        return int((self.node_dir(node_id) / "qemu.pid").read_text())

@@ -8,16 +8,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import psutil
 
-from bench.common import REPO, running_server
+from bench.common import REPO, OnServer, running_server
 from virtlab.devtools.bootdisk import build_boot_disk
-
-if TYPE_CHECKING:
-    from support.server import Server
 
 RAM_MB = 128  # ring10.yaml's, and the throughput guests'
 BOOT_TIMEOUT = 900.0
@@ -38,28 +34,8 @@ def tests_on_path() -> None:
 
 
 @dataclass
-class Bench:
-    server: Server
-    image: str  # the boot disk, imported
+class Bench(OnServer):
     base: Path  # its file in DATA/images
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self.server.headers
-
-    @property
-    def data(self) -> Path:
-        return self.server.data_dir
-
-    def node_dir(self, node_id: str) -> Path:
-        return self.data / "nodes" / node_id
-
-    def qemu_pid(self, node_id: str) -> int:
-        return int((self.node_dir(node_id) / "qemu.pid").read_text())
 
 
 @contextlib.contextmanager

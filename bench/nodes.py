@@ -51,7 +51,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import psutil
@@ -60,6 +60,7 @@ from websockets.asyncio.client import connect
 from bench.common import (
     GiB,
     MiB,
+    OnServer,
     RssSampler,
     human_bytes,
     running_server,
@@ -67,9 +68,6 @@ from bench.common import (
     write_random,
 )
 from virtlab.devtools.bootdisk import BOOT_MARKER, build_boot_disk
-
-if TYPE_CHECKING:
-    from support.server import Server
 
 __all__ = [
     "ManyResult",
@@ -100,41 +98,21 @@ def _runs(values: list[float]) -> str:
 
 
 @dataclass
-class Lab:
-    server: Server
-    image: str  # the boot disk, imported
+class Lab(OnServer):
     small_base: str  # catalog names of the two bases
     big_base: str
     warmed: bool = False  # a node has booted on this server already
     _serial: int = 0
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self.server.headers
-
-    @property
-    def data(self) -> Path:
-        return self.server.data_dir
-
     def name(self, prefix: str) -> str:
         self._serial += 1
         return f"{prefix}{self._serial}"
-
-    def node_dir(self, node_id: str) -> Path:
-        return self.data / "nodes" / node_id
 
     def base_path(self, image: str) -> Path:
         with httpx.Client(base_url=self.url, headers=self.headers, timeout=30) as client:
             reply = client.get(f"/api/images/{image}")
             reply.raise_for_status()
         return self.data / "images" / reply.json()["path"]
-
-    def qemu_pid(self, node_id: str) -> int:
-        return int((self.node_dir(node_id) / "qemu.pid").read_text())
 
     def dispose(self, node_id: str) -> None:
         """Kill (if it runs) and delete a node; not timed."""
