@@ -107,7 +107,8 @@ class Access:
         return {lab.name for lab in self._all_labs() if self.owns(lab)}
 
 
-def get_access(who: PrincipalDep, conn: HTTPConnection) -> Access:
+async def get_access(who: PrincipalDep, conn: HTTPConnection) -> Access:
+    # async: no worker thread for building an object (see virtlab.api.deps)
     return Access(who, conn.app.state.runtime)
 
 

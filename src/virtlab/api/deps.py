@@ -1,4 +1,9 @@
-"""FastAPI dependencies: services from the app's ``Runtime``, as ``Annotated`` aliases."""
+"""FastAPI dependencies: services from the app's ``Runtime``, as ``Annotated`` aliases.
+
+They are ``async def`` although they never wait: FastAPI runs a plain ``def`` dependency in
+a worker thread, and a hop to a thread and back (0.1 to 0.2 ms on a small host, more under
+load) buys nothing for looking up an attribute.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,18 @@ from virtlab.services.images import ImageService
 from virtlab.services.nodes import NodeService
 
 
-def get_runtime(request: HTTPConnection) -> Runtime:
+async def get_runtime(request: HTTPConnection) -> Runtime:
     return request.app.state.runtime
 
 
-def get_images(request: HTTPConnection) -> ImageService:
-    return get_runtime(request).images
+async def get_images(request: HTTPConnection) -> ImageService:
+    runtime: Runtime = request.app.state.runtime
+    return runtime.images
 
 
-def get_nodes(request: HTTPConnection) -> NodeService:
-    return get_runtime(request).nodes
+async def get_nodes(request: HTTPConnection) -> NodeService:
+    runtime: Runtime = request.app.state.runtime
+    return runtime.nodes
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

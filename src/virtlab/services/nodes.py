@@ -73,6 +73,7 @@ class NodeService:
 
     def __post_init__(self) -> None:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._lab_names: dict[str, str] = {}
         # Set by the link service: wire a node's links once it runs; unwire them before it goes.
         self.after_start: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
@@ -108,9 +109,16 @@ class NodeService:
         return found[0]
 
     def lab_name(self, lab_id: str) -> str:
-        with self.catalog.session() as session:
-            lab = LabRepository(session).get(lab_id)
-        return lab.name if lab else "?"
+        """The name of a lab; remembered, since a lab keeps its name and its id is never
+        reused (node events and records ask on every change of state)."""
+        name = self._lab_names.get(lab_id)
+        if name is None:
+            with self.catalog.session() as session:
+                lab = LabRepository(session).get(lab_id)
+            if lab is None:
+                return "?"
+            name = self._lab_names[lab_id] = lab.name
+        return name
 
     def lab_id(self, lab: str) -> str:
         with self.catalog.session() as session:
@@ -228,7 +236,7 @@ class NodeService:
         fields: dict[str, object] = {"state": state.value}
         if detail is not None:
             fields["detail"] = detail
-        with self.catalog.session() as session:
+        with self.catalog.session(durable=False) as session:  # start-up re-adoption re-derives it
             record = NodeRepository(session).update(node_id, **fields)
         self.publish(record)
         return record
