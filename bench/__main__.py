@@ -18,6 +18,7 @@ from bench.checkpoints import bench_checkpoints
 from bench.common import CLIENTS, DEFAULT_CLIENT, GiB, MiB, server_env
 from bench.import_vmdk import bench_import
 from bench.labs import bench_labs
+from bench.load import bench_load
 from bench.nodes import bench_nodes
 from bench.upload import bench_upload
 
@@ -34,6 +35,7 @@ SIZES = {
         "transfer": 64 * MiB,
         "blast": 200_000,
         "checkpoint_nodes": 5,
+        "load": {"clients": 50, "nodes": 10, "requests": 30, "data_mib": 1024},
     },
     True: {
         "vmdk": (64 * MiB, 32 * MiB),
@@ -44,6 +46,7 @@ SIZES = {
         "transfer": 4 * MiB,
         "blast": 5_000,
         "checkpoint_nodes": 2,
+        "load": {"clients": 10, "nodes": 2, "requests": 5, "data_mib": 32},
     },
 }
 # --only: a benchmark, or "nodes" for the three node benchmarks (they share one server).
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--runs", type=int, default=None, help="runs per side [3; 1 if --quick]")
     parser.add_argument(
-        "--only", choices=(*ONLY, *LABS, "checkpoints"), help="run just one benchmark"
+        "--only", choices=(*ONLY, *LABS, "checkpoints", "load"), help="run just one benchmark"
     )
     parser.add_argument(
         "--nodes", type=int, default=None, help="nodes started at once [20; 2 if --quick]"
@@ -173,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 server_env=env,
                 report=True,
             )
+        if args.only in (None, "load"):
+            print(f"\nload avg  : {_load()} (before the load benchmark)", flush=True)
+            bench_load(work / "load", **sizes["load"], server_env=env, report=True)
         print(f"\nload avg  : {_load()} (at the end)")
     return 0
 

@@ -83,3 +83,15 @@ def test_node_benchmarks_run(tmp_path: Path) -> None:
             assert not any(here in arg for arg in proc.info["cmdline"] or []), proc.info
     assert not (tmp_path / "bare-node").exists() and not (tmp_path / "boot.img").exists()
     assert not list((tmp_path / "data" / "nodes").iterdir())
+
+
+def test_load_benchmark_runs(tmp_path: Path) -> None:
+    from bench.load import bench_load
+
+    result = bench_load(tmp_path, clients=4, nodes=1, requests=2, data_mib=4)
+
+    assert len(result.quiet.latencies) >= 4 * 2 and len(result.loaded.latencies) >= 4 * 2
+    assert not result.quiet.failures and not result.loaded.failures
+    assert result.ratio > 0 and result.import_seconds > 0
+    assert result.loaded.loop["samples"] > 0
+    assert "ratio p99 loaded / quiet" in result.report()

@@ -11,6 +11,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
+from virtlab._util.loopwatch import LoopWatch
 from virtlab._util.proc import Limits
 from virtlab.catalog import Catalog
 from virtlab.images.importer import Importer, ImportLimits
@@ -54,6 +55,7 @@ class Runtime:
     users: UserService = None  # type: ignore[assignment]
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
+    loop_watch: LoopWatch | None = None
 
     def accel(self) -> Accel:
         """The accelerator nodes use: probed once at start-up (see ``virtlab doctor``)."""
@@ -137,6 +139,9 @@ class Runtime:
         find the accelerator; re-adopt the nodes that outlived the last server; make the
         checkpoint rows agree with the disks."""
         self.events.bind(asyncio.get_running_loop())
+        if self.settings.loop_stall_ms > 0:
+            self.loop_watch = LoopWatch(threshold=self.settings.loop_stall_ms / 1000)
+            self.loop_watch.start()
         await asyncio.to_thread(self._start_catalog)
         verdict = await asyncio.to_thread(self.accel)
         log.info("accelerator: %s (%s)", verdict.value, self.accel_verdict.reason)  # type: ignore[union-attr]
@@ -174,6 +179,8 @@ class Runtime:
         await self.links.close()
         await self.nodes.shutdown(stop_nodes=self.settings.stop_nodes_on_exit)
         self.catalog.dispose()
+        if self.loop_watch is not None:
+            self.loop_watch.stop()
 
 
 def _job_event(job) -> dict:  # type: ignore[no-untyped-def]

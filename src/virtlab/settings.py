@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     upload_role: Literal["user", "admin"] = "user"  # who may upload, import and add images
     image_delete_role: Literal["user", "admin"] = "admin"  # who may delete images
 
+    # The event loop's watchdog (virtlab._util.loopwatch): a loop that answers later than this
+    # is logged as a stall, with the code that held it; 0 turns the watchdog off.
+    loop_stall_ms: float = Field(default=100.0, ge=0)
+
     # Testing aid: kill the server (SIGKILL, as a power cut would) at a named point of the
     # import pipeline. Used only by the crash-safety tests; see virtlab.images.importer.
     fault_point: str | None = None

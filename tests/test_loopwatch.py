@@ -1,0 +1,62 @@
+"""The event loop's watchdog tells a loop held by a blocking call from one held by work."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from virtlab._util.loopwatch import LoopWatch
+
+
+def _hold_asleep(seconds: float) -> None:
+    time.sleep(seconds)  # the blocking call under test: a sleep in a system call
+
+
+def _hold_busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def _samples(watch: LoopWatch, count: int) -> None:
+    while watch.stats().samples < count:
+        await asyncio.sleep(0.02)  # the watchdog's thread counts; nothing to wait on here
+
+
+async def _watched(hold, seconds: float) -> LoopWatch:  # type: ignore[no-untyped-def]
+    watch = LoopWatch(interval=0.02, threshold=0.1)
+    watch.start()
+    try:
+        await asyncio.wait_for(_samples(watch, 3), 30)  # it runs: a few answers on time
+        if hold is not None:
+            hold(seconds)
+        # the late answer is in, and one more
+        await asyncio.wait_for(_samples(watch, watch.stats().samples + 2), 30)
+    finally:
+        watch.stop()
+    return watch
+
+
+def test_a_loop_asleep_in_a_system_call_is_blocked_and_the_culprit_named() -> None:
+    stats = asyncio.run(_watched(_hold_asleep, 0.4)).stats()
+    assert stats.blocked == 1 and stats.busy == stats.waiting == 0, stats
+    (stall,) = stats.stalls
+    assert stall.how == "blocked"
+    assert stall.ms >= 300
+    assert "_hold_asleep" in stall.where and "test_loopwatch.py" in stall.where
+    assert stats.max_lag_ms >= 300
+    assert stall.syscall in ("clock_nanosleep", "nanosleep", "select")
+    assert f"asleep in the system call {stall.syscall}" in stall.describe()
+
+
+def test_a_loop_running_python_is_busy_not_blocked() -> None:
+    stats = asyncio.run(_watched(_hold_busy, 0.4)).stats()
+    assert stats.busy == 1 and stats.blocked == stats.waiting == 0, stats
+    assert "_hold_busy" in stats.stalls[0].where
+
+
+def test_an_idle_loop_has_no_stall() -> None:
+    stats = asyncio.run(_watched(None, 0)).stats()
+    assert stats.stalls == () and stats.blocked == stats.waiting == stats.busy == 0
+    assert stats.samples >= 5
+    assert stats.max_lag_ms < 100
