@@ -10,8 +10,9 @@ says how:
 - ``blocked``: the thread sleeps in a system call outside the selector (a file read, an
   fsync, ``time.sleep``; ``/proc/self/task/TID/syscall`` names it): work that belongs in a
   thread or a subprocess;
-- ``waiting``: the thread sleeps on a futex: for the interpreter lock, which the server's
-  worker threads hold while they run Python, or for a lock one of them holds;
+- ``waiting``: the thread sleeps on a futex, for the interpreter lock, which the server's
+  worker threads hold while they run Python (or for a lock one of them holds), or in the
+  selector itself;
 - ``busy``: the thread runs, or waits for a CPU (a long computation, or a host so loaded that
   the server does not get a core: not the code's fault, but worth seeing).
 
@@ -54,7 +55,8 @@ class Stall:
     def describe(self) -> str:
         what = {
             "blocked": f"asleep in the system call {self.syscall}",
-            "waiting": "waiting for the interpreter lock or a lock of another thread",
+            "waiting": f"waiting in {self.syscall or 'the selector'}: for the interpreter lock, "
+            "a lock, or a wake-up",
         }.get(self.how, "running or waiting for a CPU")
         return f"the event loop was held {self.ms:.0f} ms ({what}) at {self.where}"
 
@@ -158,10 +160,12 @@ class LoopWatch:
     def _look(self) -> tuple[str, str, str]:
         frame = sys._current_frames().get(self._loop_thread)
         where = _where(frame)
-        if _thread_state(self._loop_tid) not in ("S", "D") or _in_selector(frame):
+        if _thread_state(self._loop_tid) not in ("S", "D"):
             return "busy", where, ""
         syscall = _syscall(self._loop_tid)
-        return ("waiting" if syscall == "futex" else "blocked"), where, syscall
+        if syscall in _WAITS or _in_selector(frame):
+            return "waiting", where, syscall
+        return "blocked", where, syscall
 
 
 def _in_selector(frame: FrameType | None) -> bool:
@@ -194,9 +198,14 @@ _SYSCALLS = {
     0: "read", 1: "write", 7: "poll", 17: "pread64", 18: "pwrite64", 19: "readv",
     20: "writev", 23: "select", 35: "nanosleep", 42: "connect", 43: "accept", 44: "sendto",
     45: "recvfrom", 61: "wait4", 74: "fsync", 75: "fdatasync", 202: "futex",
-    230: "clock_nanosleep", 232: "epoll_wait", 247: "waitid", 257: "openat",
+    230: "clock_nanosleep", 232: "epoll_wait", 247: "waitid", 257: "openat", 271: "ppoll",
     277: "sync_file_range", 281: "epoll_pwait",
 }  # fmt: skip
+
+
+# Sleeping in these is not a blocking call of ours: the interpreter lock (or a lock) is a
+# futex, and the selector's own wait (uvloop's is in C, with no Python frame to show it).
+_WAITS = frozenset({"futex", "epoll_wait", "epoll_pwait", "poll", "ppoll", "select"})
 
 
 def _syscall(tid: int) -> str:
