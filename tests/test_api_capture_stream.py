@@ -62,6 +62,13 @@ async def _relayed(api: httpx.AsyncClient, link_id: str) -> bool:
     return reply.json()["relayed"]
 
 
+async def _until_no_reader(api: httpx.AsyncClient, link_id: str, timeout: float = 20) -> None:
+    """The server counts a reader out when its connection closes: wait for that."""
+    async with asyncio.timeout(timeout):
+        while (await api.get(f"/api/links/{link_id}")).json()["readers"]:
+            await asyncio.sleep(0.1)
+
+
 async def _until_direct(api: httpx.AsyncClient, link_id: str, timeout: float = 20) -> None:
     """The server notices a reader leave when its connection closes: wait for that."""
     async with asyncio.timeout(timeout):
@@ -98,6 +105,7 @@ async def _read_until_pings(
             data += await anext(chunks)
     # The header is written once the reader is subscribed: the relay is in the link now.
     assert await _relayed(api, link_id) is True
+    assert (await api.get(f"/api/links/{link_id}")).json()["readers"] == 1
     ping = asyncio.create_task(shell.run("ping -c 5 -W 2 10.0.0.2", timeout=120))
     try:
         async with asyncio.timeout(90):
@@ -165,7 +173,7 @@ def test_live_stream_as_wireshark_reads_it(pair: tuple[Server, dict, dict]) -> N
             assert started.json()["relayed"] is True
             data = await _read_stream(api, link, s1, capturing=True)
             assert data[:4] == struct.pack("<I", 0xA1B2C3D4)
-            await asyncio.sleep(1)  # time enough for the server to see the reader go
+            await _until_no_reader(api, link)
             assert await _relayed(api, link) is True
             stopped = await api.post(f"/api/links/{link}/capture/stop")
             assert stopped.json()["relayed"] is False

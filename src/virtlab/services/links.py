@@ -228,6 +228,10 @@ class LinkService:
             release.add_done_callback(self._releases.discard)
             await asyncio.shield(release)
 
+    def readers(self, link_id: str) -> int:
+        """How many live capture streams of the link are being read."""
+        return self._streams[link_id]
+
     async def _stream_ended(self, link_id: str) -> None:
         async with self._lock:
             self._streams[link_id] -= 1

@@ -60,6 +60,7 @@ class Link(BaseModel):
     impairment: dict
     capturing: bool
     relayed: bool = Field(description="true while it goes through a relay (capture, impairment)")
+    readers: int = Field(0, description="live capture streams being read now")
 
 
 def _out(runtime: RuntimeDep, link: LinkRecord) -> Link:
@@ -69,7 +70,7 @@ def _out(runtime: RuntimeDep, link: LinkRecord) -> Link:
         id=link.id, lab=runtime.nodes.lab_name(link.lab_id), a=f"{a.name}:eth{link.a_iface}",
         b=f"{b.name}:eth{link.b_iface}", a_node=a.id, b_node=b.id, state=link.state,
         impairment=link.impairment, capturing=link.capturing,
-        relayed=links.relay(link.id) is not None,
+        relayed=links.relay(link.id) is not None, readers=links.readers(link.id),
     )  # fmt: skip
 
 
