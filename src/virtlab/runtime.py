@@ -11,6 +11,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
+import anyio.to_thread
+
 from virtlab._util.loopwatch import LoopWatch
 from virtlab._util.proc import Limits
 from virtlab.catalog import Catalog
@@ -139,6 +141,9 @@ class Runtime:
         find the accelerator; re-adopt the nodes that outlived the last server; make the
         checkpoint rows agree with the disks."""
         self.events.bind(asyncio.get_running_loop())
+        # FastAPI runs plain-def routes and dependencies on anyio's threads: 40 by default,
+        # which on a small host contend for the interpreter lock more than they work.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = self.settings.worker_threads
         if self.settings.loop_stall_ms > 0:
             self.loop_watch = LoopWatch(threshold=self.settings.loop_stall_ms / 1000)
             self.loop_watch.start()

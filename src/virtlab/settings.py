@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     upload_role: Literal["user", "admin"] = "user"  # who may upload, import and add images
     image_delete_role: Literal["user", "admin"] = "admin"  # who may delete images
 
+    # Threads that run the blocking parts of requests (catalog queries in plain-def routes and
+    # dependencies): past a few per core they only queue for Python's interpreter lock.
+    worker_threads: int = Field(default=8, ge=1, le=256)
+
     # The event loop's watchdog (virtlab._util.loopwatch): a loop that answers later than this
     # is logged as a stall, with the code that held it; 0 turns the watchdog off.
     loop_stall_ms: float = Field(default=100.0, ge=0)

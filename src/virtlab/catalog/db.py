@@ -29,6 +29,10 @@ class Catalog:
         kwargs: dict = {}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            # Keep a connection per thread that may query at once (request workers, the event
+            # loop, asyncio's threads): a connection made anew costs its pragmas each time.
+            if not _in_memory(self.url):
+                kwargs.update(pool_size=20, max_overflow=20)
         self.engine: Engine = create_engine(self.url, **kwargs)
         self._postgres = self.url.startswith("postgresql")
         # Commits that need not wait for the disk (see ``session``): on SQLite a second engine
