@@ -16,7 +16,7 @@ import secrets
 import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
+from virtlab.nodes.memory import RamLedger
 from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import (
     Accel,
@@ -39,6 +40,7 @@ from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.images import ImageService
+from virtlab.services.limits import NodeQuota
 from virtlab.services.node_settings import NodeSettings, nic_specs
 
 __all__ = ["NodeService", "NodeSettings"]
@@ -70,6 +72,8 @@ class NodeService:
     accel: Callable[[], Accel]
     stop_timeout: float = 30.0
     events: EventBus | None = None
+    quota: NodeQuota | None = None  # nodes per user
+    memory: RamLedger | None = None  # RAM promised against the host's memory
 
     def __post_init__(self) -> None:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -139,8 +143,19 @@ class NodeService:
 
     # -- creating and editing -----------------------------------------------------------------
 
-    async def create(self, settings: NodeSettings) -> NodeRecord:
+    async def create(
+        self, settings: NodeSettings, *, reserved: Callable[[], None] | None = None
+    ) -> NodeRecord:
+        """Make a stopped node. ``reserved``: the caller (a lab deploy) has reserved it in the
+        owner's quota, and this is called once its row is in; else it is reserved here."""
         settings = settings.checked()
+        if reserved is None and self.quota is not None:
+            owner = self.quota.owner_of_lab(self.lab_id(settings.lab))
+            with self.quota.reserve(owner, 1, f"node {settings.name}") as made:
+                return await self._create(settings, made)
+        return await self._create(settings, reserved or (lambda: None))
+
+    async def _create(self, settings: NodeSettings, made: Callable[[], None]) -> NodeRecord:
         image = self.images.get(settings.image)
         base = self.images.store.absolute(image.path)
         if image.kind == ImageKind.CDROM:
@@ -174,6 +189,7 @@ class NodeService:
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
             with self.catalog.session() as session:
                 NodeRepository(session).add(record)
+            made()
         except BaseException:
             shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
             raise
@@ -263,6 +279,22 @@ class NodeService:
                 "checkpoints rm LAB TAG` for a lab's)"
             )
 
+    def active_ram(self) -> dict[str, int]:
+        """The RAM (MiB) of each node whose QEMU runs or is about to, by id."""
+        return {n.id: n.ram_mb for n in self.list() if NodeState(n.state) in _ACTIVE}
+
+    def hold_ram(self, wanted: Mapping[str, int], what: str) -> contextlib.AbstractContextManager:
+        """Promise ``wanted`` (id -> MiB) for the block (starts in flight), or refuse with
+        LimitReached when the host's memory cannot hold it beside what runs."""
+        if self.memory is None:
+            return contextlib.nullcontext()
+        return self.memory.hold(wanted, self.active_ram(), what)
+
+    def check_ram(self, wanted: Mapping[str, int], what: str) -> None:
+        """Refuse now what ``hold_ram`` would refuse, promising nothing."""
+        if self.memory is not None:
+            self.memory.check(wanted, self.active_ram(), what)
+
     async def start(self, ref: str) -> NodeRecord:
         record = self.get(ref)
         async with self._locks[record.id]:
@@ -278,6 +310,11 @@ class NodeService:
             spec = replace(spec, loadvm=resume.tag, machine=machine, accel=Accel(accel))
         if not spec.paths.disk.exists():
             raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
+        what = f"node {record.name} ({record.ram_mb} MiB)"
+        with self.hold_ram({record.id: record.ram_mb}, what):
+            return await self._launch(record, spec)
+
+    async def _launch(self, record: NodeRecord, spec: NodeSpec) -> NodeRecord:
         self._set(record.id, NodeState.STARTING, "")
         try:
             # QEMU starts with its vCPUs halted (-S): the console hub connects and the
