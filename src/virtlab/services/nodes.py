@@ -77,6 +77,8 @@ class NodeService:
 
     def __post_init__(self) -> None:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._ports_making: set[int] = set()  # console ports of nodes being created
+        self._names_making: set[tuple[str, str]] = set()  # (lab id, name) being created
         # Set by the link service: wire a node's links once it runs; unwire them before it goes.
         self.after_start: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
@@ -172,7 +174,8 @@ class NodeService:
             )
         lab_id = self.lab_id(settings.lab)
         node_id = new_node_id()
-        ports = self.consoles.allocate(self._ports_in_use(), settings.serial, settings.vnc)
+        in_use = self._ports_in_use() | self._ports_making
+        ports = self.consoles.allocate(in_use, settings.serial, settings.vnc)
         record = NodeRecord(
             id=node_id, name=settings.name, image=image.name, cpus=settings.cpus,
             ram_mb=settings.ram_mb, disk_bus=settings.disk_bus.value, nics=settings.nics,
@@ -185,6 +188,10 @@ class NodeService:
             position_y=settings.position[1] if settings.position else None,
         )  # fmt: skip
         self._check_name_free(settings.name, lab_id)
+        # Until its row is in, the node's ports and name are kept from concurrent creations.
+        claimed = {p for p in (ports.telnet, ports.vnc) if p is not None}
+        self._ports_making |= claimed
+        self._names_making.add((lab_id, settings.name))
         try:
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
             with self.catalog.session() as session:
@@ -193,6 +200,9 @@ class NodeService:
         except BaseException:
             shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
             raise
+        finally:
+            self._ports_making -= claimed
+            self._names_making.discard((lab_id, settings.name))
         self.publish(record)
         return record
 
@@ -202,8 +212,8 @@ class NodeService:
 
     def _check_name_free(self, name: str, lab_id: str, but: str | None = None) -> None:
         with self.catalog.session() as session:
-            others = [r for r in NodeRepository(session).by_name(name, lab_id) if r.id != but]
-        if others:
+            taken = any(r.id != but for r in NodeRepository(session).by_name(name, lab_id))
+        if taken or (but is None and (lab_id, name) in self._names_making):
             raise Conflict(f"this lab already has a node named {name}; choose another name")
 
     async def edit(self, ref: str, **changes: object) -> NodeRecord:
