@@ -12,6 +12,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -378,3 +380,33 @@ def test_host_memory_is_read_from_meminfo(tmp_path: Path, meminfo: str) -> None:
     assert host_memory_mb(path) == 24683656 // 1024
     assert MemoryBudget(4096, 1024, 1.5).capacity_mb == 4608
     assert MemoryBudget(512, 1024, 1.0).capacity_mb == 0
+
+
+def test_doctor_shows_where_a_user_stands(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server({"VIRTLAB_MAX_NODES_PER_USER": "3", **SMALL_HOST})
+    tokens = _users(server, "carol")
+    env = {**os.environ, "VIRTLAB_URL": server.url, "VIRTLAB_TOKEN": tokens["carol"],
+           "COLUMNS": "200", "VIRTLAB_DATA_DIR": str(server.data_dir)}  # fmt: skip
+    virtlab = str(Path(sys.executable).with_name("virtlab"))
+    done = subprocess.run(
+        [virtlab, "doctor", "--usage", "--json"], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    usage = json.loads(done.stdout)["usage"]
+    with server.client(token=tokens["carol"]) as carol:
+        assert usage == carol.get("/api/limits").json()
+    assert usage["nodes"] == {"max_per_user": 3, "yours": 0, "limited": True}
+    assert usage["memory"]["capacity_mb"] == 200
+    table = subprocess.run(
+        [virtlab, "doctor", "--usage"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert table.returncode == 0, table.stderr
+    assert "0 of 200 MiB (200 MiB free, 0 nodes)" in table.stdout
+    assert "0 (limit: 3)" in table.stdout
+    refused = subprocess.run(
+        [virtlab, "doctor", "--usage"], env={**env, "VIRTLAB_TOKEN": "vl_bad"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "cannot read the server's limits" in refused.stderr
