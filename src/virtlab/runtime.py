@@ -17,7 +17,7 @@ from virtlab.images.importer import Importer, ImportLimits
 from virtlab.images.progress import ImportJobs
 from virtlab.images.qemu_img import QemuImg
 from virtlab.images.store import ImageStore
-from virtlab.nodes.memory import MemoryBudget, RamLedger, host_memory_mb
+from virtlab.nodes.memory import RamLedger, memory_budget
 from virtlab.nodes.ports import PortRange
 from virtlab.nodes.qemu.driver import QemuDriver
 from virtlab.nodes.qemu.probe import AccelVerdict, probe_accelerator
@@ -36,7 +36,7 @@ from virtlab.services.nodes import NodeService
 from virtlab.services.users import UserService
 from virtlab.settings import Settings
 
-__all__ = ["Runtime", "memory_budget"]
+__all__ = ["Runtime"]
 
 log = logging.getLogger("virtlab")
 
@@ -182,16 +182,6 @@ class Runtime:
         await self.links.close()
         await self.nodes.shutdown(stop_nodes=self.settings.stop_nodes_on_exit)
         self.catalog.dispose()
-
-
-def memory_budget(settings: Settings) -> MemoryBudget:
-    """What this host may promise to nodes: its memory (MemTotal, or the setting), less the
-    reserve, times the overcommit ratio."""
-    return MemoryBudget(
-        host_mb=settings.host_memory_mb or host_memory_mb(),
-        reserve_mb=settings.memory_reserve_mb,
-        overcommit=settings.memory_overcommit,
-    )
 
 
 def _job_event(job) -> dict:  # type: ignore[no-untyped-def]

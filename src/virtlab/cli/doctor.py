@@ -22,6 +22,7 @@ from rich.table import Table
 from virtlab._util.units import human_size
 from virtlab.cli.client import ApiError, Client
 from virtlab.errors import VirtlabError
+from virtlab.nodes.memory import memory_budget
 from virtlab.nodes.ports import DEFAULT_TELNET_PORTS, DEFAULT_VNC_PORTS, PortRange
 from virtlab.nodes.qemu.probe import default_cache_path, find_binaries, probe_accelerator
 from virtlab.settings import Settings, default_data_dir
@@ -90,8 +91,6 @@ def collect(
 
 def _limits(problems: list[str]) -> dict[str, Any] | None:
     """The limits the server would apply with this environment's settings."""
-    from virtlab.runtime import memory_budget  # the server's own rule; heavy, so only here
-
     try:
         settings = Settings()
         budget = memory_budget(settings)

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtlab.errors import LimitReached
+from virtlab.settings import Settings
 
-__all__ = ["MemoryBudget", "RamLedger", "host_memory_mb"]
+__all__ = ["MemoryBudget", "RamLedger", "host_memory_mb", "memory_budget"]
 
 ADVICE = (
     "stop nodes you do not need, lower their ram_mb, or raise what the host may promise "
@@ -44,6 +45,11 @@ class MemoryBudget:
     reserve_mb: int  # kept for the host and the server
     overcommit: float  # 1.0: promise no more than there is
 
+    @classmethod
+    def measure(cls, host_mb: int | None, reserve_mb: int, overcommit: float) -> MemoryBudget:
+        """The budget of this host: ``host_mb`` if given, else its MemTotal."""
+        return cls(host_mb or host_memory_mb(), reserve_mb, overcommit)
+
     @property
     def capacity_mb(self) -> int:
         """What nodes may be promised in all."""
@@ -55,6 +61,14 @@ class MemoryBudget:
             f"{self.capacity_mb} MiB (host memory {self.host_mb} MiB, less {self.reserve_mb} "
             f"MiB kept for the host and the server{over})"
         )
+
+
+def memory_budget(settings: Settings) -> MemoryBudget:
+    """What this host may promise to nodes: its memory (MemTotal, or the setting), less the
+    reserve, times the overcommit ratio."""
+    return MemoryBudget.measure(
+        settings.host_memory_mb, settings.memory_reserve_mb, settings.memory_overcommit
+    )
 
 
 class RamLedger:
