@@ -128,6 +128,11 @@ class NodeQuota:
             made = NodeRepository(session).count_by_owner().get(owner_id, 0)
         return made + self._pending[owner_id]
 
+    def check(self, owner_id: str | None, count: int, what: str) -> None:
+        """Refuse now what ``reserve`` would refuse, reserving nothing."""
+        with self.reserve(owner_id, count, what):
+            pass
+
     @contextlib.contextmanager
     def reserve(self, owner_id: str | None, count: int, what: str) -> Iterator[Callable[[], None]]:
         """Reserve ``count`` nodes for ``owner_id`` for the block, or refuse. The block calls

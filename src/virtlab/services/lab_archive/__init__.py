@@ -244,6 +244,9 @@ class LabArchiver:
         with contextlib.suppress(NotFound):
             self.labs.get(lab_name)
             raise Conflict(f"a lab named {lab_name} already exists; import it under another name")
+        if self.nodes.quota is not None:  # before any disk is extracted or image imported
+            what = f"lab {lab_name} ({len(manifest.nodes)} nodes)"
+            self.nodes.quota.check(owner_id, len(manifest.nodes), what)
         copies = {e.name: work / f"{e.name}.qcow2" for e in manifest.nodes}
         for entry in manifest.nodes:
             where = members[f"nodes/{entry.name}.qcow2"]
