@@ -80,3 +80,23 @@ def test_port_range() -> None:
     for bad in ("", "a-b", "0-10", "10-70000", "5-"):
         with pytest.raises(InvalidRequest, match="invalid port range"):
             PortRange.parse(bad)
+
+
+@needs_qemu
+def test_limits_come_from_the_settings(tmp_path: Path) -> None:
+    env = {**ENV, "VIRTLAB_HOST_MEMORY_MB": "4096", "VIRTLAB_MEMORY_RESERVE_MB": "512",
+           "VIRTLAB_MEMORY_OVERCOMMIT": "1.5", "VIRTLAB_MAX_NODES_PER_USER": "7",
+           "VIRTLAB_MAX_CONCURRENT_IMPORTS": "3"}  # fmt: skip
+    done = runner.invoke(app, ["--data-dir", str(tmp_path), "--json"], env=env)
+    assert done.exit_code == 0, done.output
+    limits = json.loads(done.stdout)["limits"]
+    assert limits["memory"] == {
+        "host_mb": 4096, "reserve_mb": 512, "overcommit": 1.5, "capacity_mb": 5376
+    }  # fmt: skip
+    assert (limits["max_nodes_per_user"], limits["max_concurrent_imports"]) == (7, 3)
+    # A reserve as large as the host leaves nodes nothing: a problem.
+    env |= {"VIRTLAB_MEMORY_RESERVE_MB": "4096", "COLUMNS": "200"}
+    done = runner.invoke(app, ["--data-dir", str(tmp_path)], env=env)
+    assert done.exit_code == 1
+    assert "nodes may be promised no memory" in done.stderr
+    assert "VIRTLAB_MEMORY_RESERVE_MB" in done.stderr

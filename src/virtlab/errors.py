@@ -10,9 +10,11 @@ to what, and what to do next. The API maps each class to an HTTP status through
      ├── Unauthorized              no valid session or token                 (401)
      ├── Forbidden                 known, but not allowed to do this         (403)
      ├── TooManyAttempts           failed logins: wait before the next try   (429)
+     ├── TooManyImports            the imports in flight are at their limit  (429)
      ├── NotFound                  a named thing does not exist              (404)
      ├── Conflict                  the request clashes with current state    (409)
-     │    └── ImageInUse           an image is needed by something else      (409)
+     │    ├── ImageInUse           an image is needed by something else      (409)
+     │    └── LimitReached         nodes per user, or RAM promised to nodes  (409)
      ├── InvalidRequest            a request is malformed (bad name, field)  (400/422)
      ├── ImageRejected             an uploaded image is refused              (422)
      │    ├── UnsupportedImage     no format virtlab accepts                 (415)
@@ -39,9 +41,11 @@ __all__ = [
     "ImageRejected",
     "InsufficientStorage",
     "InvalidRequest",
+    "LimitReached",
     "NotFound",
     "TooLarge",
     "TooManyAttempts",
+    "TooManyImports",
     "ToolFailure",
     "Unauthorized",
     "UnsafeImage",
@@ -77,6 +81,15 @@ class TooManyAttempts(VirtlabError):
         self.retry_after = retry_after
 
 
+class TooManyImports(VirtlabError):
+    """As many imports as allowed are in flight (for the server, or for this user): try again
+    after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFound(VirtlabError):
     """A named thing does not exist."""
 
@@ -91,6 +104,11 @@ class ImageInUse(Conflict):
     def __init__(self, message: str, users: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.users = tuple(users)
+
+
+class LimitReached(Conflict):
+    """A limit of the server would be passed: nodes per user, or the RAM promised to running
+    nodes against the host's memory. Nothing was made or started."""
 
 
 class InvalidRequest(VirtlabError):

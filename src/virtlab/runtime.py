@@ -20,6 +20,7 @@ from virtlab.images.importer import Importer, ImportLimits
 from virtlab.images.progress import ImportJobs
 from virtlab.images.qemu_img import QemuImg
 from virtlab.images.store import ImageStore
+from virtlab.nodes.memory import RamLedger, memory_budget
 from virtlab.nodes.ports import PortRange
 from virtlab.nodes.qemu.driver import QemuDriver
 from virtlab.nodes.qemu.probe import AccelVerdict, probe_accelerator
@@ -32,6 +33,7 @@ from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
 from virtlab.services.lab_archive import LabArchiver
 from virtlab.services.labs import LabService
+from virtlab.services.limits import ImportSlots, NodeQuota
 from virtlab.services.links import LinkService
 from virtlab.services.nodes import NodeService
 from virtlab.services.users import UserService
@@ -90,6 +92,9 @@ class Runtime:
             jobs=ImportJobs(on_change=lambda job: events.publish("import", **_job_event(job))),
             scanner=BaseScanner(catalog=catalog, store=store, importer=importer),
             max_upload_bytes=settings.max_upload_bytes,
+            slots=ImportSlots(
+                settings.max_concurrent_imports, settings.max_concurrent_imports_per_user
+            ),
         )
         consoles = ConsoleManager(
             host=settings.console_host, telnet_ports=PortRange.parse(settings.telnet_ports),
@@ -105,11 +110,14 @@ class Runtime:
             catalog=catalog, images=images, driver=QemuDriver(qemu_img=qemu_img),
             consoles=consoles, nodes_dir=settings.nodes_dir, accel=runtime.accel,
             stop_timeout=settings.stop_timeout, events=events,
+            quota=NodeQuota(catalog, settings.max_nodes_per_user),
+            memory=RamLedger(memory_budget(settings)),
         )  # fmt: skip
         runtime.boot_tests = BootTester(
             images=images, driver=QemuDriver(qemu_img=qemu_img), work_dir=settings.nodes_dir,
             accel=runtime.accel,
         )  # fmt: skip
+        runtime.boot_tests.hold_ram = runtime.nodes.hold_ram
         runtime.links = LinkService(
             catalog=catalog, nodes=runtime.nodes, links_dir=settings.data_dir / "links",
             captures_dir=settings.data_dir / "captures", events=events,

@@ -48,6 +48,20 @@ class Settings(BaseSettings):
     qemu_img_cpu_seconds: int = 30  # for `qemu-img info`, as OpenStack runs it
     qemu_img_address_space: int = 1 * GiB  # for `qemu-img info`
     convert_address_space: int = 4 * GiB  # for convert/check/compare: they buffer more
+    # Imports in flight at once (uploads being received, lab archives, conversions, rescans):
+    # for the whole server, and for one user (admins: the server's limit only). Past either,
+    # a new import is refused at once with 429 and Retry-After.
+    max_concurrent_imports: int = Field(default=4, ge=1)
+    max_concurrent_imports_per_user: int = Field(default=2, ge=1)
+
+    # Limits of nodes. Nodes in labs of users with the role `user` count against that user
+    # (0: no limit); admins' labs are exempt.
+    max_nodes_per_user: int = Field(default=50, ge=0)
+    # RAM promised to nodes (running, starting, suspended, stopping; and boot tests) must stay
+    # within (host memory - reserve) x overcommit. host_memory_mb: None reads MemTotal.
+    host_memory_mb: int | None = Field(default=None, ge=1)
+    memory_reserve_mb: int = Field(default=1024, ge=0)  # kept for the host and the server
+    memory_overcommit: float = Field(default=1.0, gt=0, le=100)
 
     # Nodes.
     accel: str = Field(default="auto", pattern="^(auto|kvm|tcg)$")

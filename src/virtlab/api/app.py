@@ -19,6 +19,7 @@ from virtlab.api.routes import (
     images,
     lab_archive,
     labs,
+    limits,
     links,
     nodes,
     server,
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         401: errors.refusal("Not logged in, or the token is unknown, expired or revoked"),
         403: errors.refusal("A page of another site, or a role this needs"),
     }
-    for module in (users, images, events, server):
+    for module in (users, images, events, server, limits):
         app.include_router(module.router, dependencies=logged_in, responses=refused)
     for module in (nodes, labs, lab_archive, checkpoints, links):
         app.include_router(module.router, dependencies=owned, responses=refused)

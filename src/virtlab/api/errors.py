@@ -46,6 +46,7 @@ STATUS: list[tuple[type[errors.VirtlabError], int]] = [
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
     (errors.TooManyAttempts, 429),
+    (errors.TooManyImports, 429),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.TooLarge, 413),
@@ -69,7 +70,7 @@ def install(app: FastAPI) -> None:
         if code >= 500:
             log.error("%s: %s (argv=%s)", type(exc).__name__, exc, getattr(exc, "argv", ""))
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-        if isinstance(exc, errors.TooManyAttempts):
+        if isinstance(exc, errors.TooManyAttempts | errors.TooManyImports):
             headers = {"Retry-After": str(exc.retry_after)}
         response = JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
         if isinstance(conn, WebSocket):

@@ -6,10 +6,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from virtlab.catalog.models import DEFAULT_LAB_ID, NodeRow
+from virtlab.catalog.models import DEFAULT_LAB_ID, LabRow, NodeRow
 
 __all__ = ["NodeRecord", "NodeRepository"]
 
@@ -85,6 +85,15 @@ class NodeRepository:
     def list(self) -> list[NodeRecord]:
         rows = self.session.scalars(select(NodeRow).order_by(NodeRow.created_at, NodeRow.name))
         return [NodeRecord.from_row(r) for r in rows]
+
+    def count_by_owner(self) -> dict[str | None, int]:
+        """How many nodes the labs of each owner hold (None: labs without an owner)."""
+        query = (
+            select(LabRow.owner_id, func.count(NodeRow.id))
+            .join(LabRow, NodeRow.lab_id == LabRow.id)
+            .group_by(LabRow.owner_id)
+        )
+        return {owner: count for owner, count in self.session.execute(query)}
 
     def using_image(self, image: str) -> list[str]:
         return list(self.session.scalars(select(NodeRow.name).where(NodeRow.image == image)))

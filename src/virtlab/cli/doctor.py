@@ -1,7 +1,10 @@
 """``virtlab doctor``: what this host offers to virtlab, checked locally (no server needed).
 
 QEMU binaries and versions, the accelerator verdict and why, free disk in the data directory,
-and the console port ranges. Exits 1 when something would keep nodes from running.
+the console port ranges, the memory nodes may be promised and the other limits (from the same
+``VIRTLAB_*`` settings the server reads). With ``--usage`` it also asks the running server
+where you stand against each limit (``GET /api/limits``). Exits 1 when something would keep
+nodes from running.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from virtlab._util.units import human_size
+from virtlab.cli.client import ApiError, Client
 from virtlab.errors import VirtlabError
+from virtlab.nodes.memory import memory_budget
 from virtlab.nodes.ports import DEFAULT_TELNET_PORTS, DEFAULT_VNC_PORTS, PortRange
 from virtlab.nodes.qemu.probe import default_cache_path, find_binaries, probe_accelerator
-from virtlab.settings import default_data_dir
+from virtlab.settings import Settings, default_data_dir
 
 __all__ = ["collect", "doctor"]
 
@@ -74,12 +80,46 @@ def collect(
         name: {"start": r.start, "end": r.end, "count": r.size}
         for name, r in (("telnet", telnet_ports), ("vnc", vnc_ports))
     }
+    report["limits"] = _limits(problems)
     if telnet_ports.overlaps(vnc_ports):
         report["notes"].append(
             f"telnet ports {telnet_ports} and VNC ports {vnc_ports} overlap: "
             "each port still goes to one console, but the ranges are smaller than they look"
         )
     return report
+
+
+def _limits(problems: list[str]) -> dict[str, Any] | None:
+    """The limits the server would apply with this environment's settings."""
+    try:
+        settings = Settings()
+        budget = memory_budget(settings)
+    except (ValidationError, OSError, ValueError) as exc:
+        problems.append(f"the VIRTLAB_* limit settings are not valid: {exc}")
+        return None
+    if budget.capacity_mb == 0:
+        problems.append(
+            f"nodes may be promised no memory: the host has {budget.host_mb} MiB and "
+            f"{budget.reserve_mb} MiB are kept for it; lower VIRTLAB_MEMORY_RESERVE_MB"
+        )
+    return {
+        "memory": {"host_mb": budget.host_mb, "reserve_mb": budget.reserve_mb,
+                   "overcommit": budget.overcommit, "capacity_mb": budget.capacity_mb},
+        "max_concurrent_imports": settings.max_concurrent_imports,
+        "max_concurrent_imports_per_user": settings.max_concurrent_imports_per_user,
+        "max_nodes_per_user": settings.max_nodes_per_user,
+    }  # fmt: skip
+
+
+def _usage(url: str | None) -> dict[str, Any]:
+    """Where the logged-in user stands on the running server."""
+    client = Client(url)
+    try:
+        return client.get("/api/limits")
+    except ApiError as exc:
+        raise VirtlabError(f"cannot read the server's limits: {exc}") from exc
+    finally:
+        client.close()
 
 
 def _table(report: dict[str, Any]) -> Table:
@@ -103,6 +143,27 @@ def _table(report: dict[str, Any]) -> Table:
     for name, label in (("telnet", "telnet ports"), ("vnc", "VNC ports")):
         ports = report["ports"][name]
         table.add_row(label, f"{ports['start']}-{ports['end']} ({ports['count']})")
+    limits = report.get("limits")
+    if limits:
+        memory = limits["memory"]
+        table.add_row("memory for nodes", f"{memory['capacity_mb']} MiB (host "
+                      f"{memory['host_mb']} MiB, less {memory['reserve_mb']} MiB reserved, x "
+                      f"{memory['overcommit']:g})")  # fmt: skip
+        per_user = limits["max_nodes_per_user"] or "no limit"
+        table.add_row("nodes per user", str(per_user))
+        table.add_row("imports at once", f"{limits['max_concurrent_imports']} (a user: "
+                      f"{limits['max_concurrent_imports_per_user']})")  # fmt: skip
+    usage = report.get("usage")
+    if usage:
+        imports, nodes, memory = usage["imports"], usage["nodes"], usage["memory"]
+        table.add_row("[bold]on the server", "")
+        promised = f"{memory['promised_mb']} of {memory['capacity_mb']} MiB"
+        free = f"{memory['available_mb']} MiB free, {memory['active_nodes']} nodes"
+        table.add_row("RAM promised", f"{promised} ({free})")
+        limit = nodes["max_per_user"] if nodes["limited"] else "exempt"
+        table.add_row("your nodes", f"{nodes['yours']} (limit: {limit})")
+        table.add_row("imports in flight", f"{imports['running']} of {imports['max']} "
+                      f"(yours: {imports['yours']} of {imports['max_per_user']})")  # fmt: skip
     return table
 
 
@@ -124,14 +185,23 @@ def doctor(
         bool, typer.Option("--reprobe", help="Probe the accelerator again, ignoring the cache.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    usage: Annotated[
+        bool,
+        typer.Option("--usage", help="Also ask the server where you stand against its limits."),
+    ] = False,
+    url: Annotated[
+        str | None, typer.Option(envvar="VIRTLAB_URL", help="The server, for --usage.")
+    ] = None,
 ) -> None:
-    """Check what this host offers: QEMU, accelerator, free disk, console ports."""
+    """Check what this host offers: QEMU, accelerator, free disk, console ports, limits."""
     err = Console(stderr=True)
     try:
         report = collect(
             data_dir or default_data_dir(), accel.lower(), PortRange.parse(telnet_ports),
             PortRange.parse(vnc_ports), refresh=reprobe,
         )  # fmt: skip
+        if usage:
+            report["usage"] = _usage(url)
     except VirtlabError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc

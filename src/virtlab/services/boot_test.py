@@ -13,6 +13,8 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,10 @@ class BootTester:
         self.work_dir = work_dir
         self.accel = accel
         self.active: Counter[str] = Counter()  # image name -> boot tests running on it
+        # Promises a boot test's RAM against the host's memory (set to NodeService.hold_ram).
+        self.hold_ram: Callable[[Mapping[str, int], str], AbstractContextManager] = (
+            lambda _wanted, _what: contextlib.nullcontext()
+        )
 
     async def run(
         self, name: str, *, seconds: float = 60, expect: str | None = None, ram_mb: int = 256,
@@ -62,9 +68,16 @@ class BootTester:
             accel=Accel(self.accel()), ram_mb=ram_mb,
             cdrom=path if image.kind == ImageKind.CDROM else None,
         )  # fmt: skip
+        with self.hold_ram({spec.id: ram_mb}, f"a boot test of {name} ({ram_mb} MiB)"):
+            return await self._run(spec, name, path, image.kind, seconds, expect)
+
+    async def _run(
+        self, spec: NodeSpec, name: str, path: Path, kind: str, seconds: float,
+        expect: str | None,
+    ) -> BootResult:  # fmt: skip
         self.active[name] += 1
         try:
-            base = None if image.kind == ImageKind.CDROM else path
+            base = None if kind == ImageKind.CDROM else path
             await self.driver.create_disk(spec, base, 1024 if base is None else None)
             return await self._boot(spec, name, seconds, expect)
         finally:

@@ -7,8 +7,9 @@ in worker threads so the event loop keeps answering while an import converts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from virtlab.catalog import Catalog, ImageRecord, ImageRepository
 from virtlab.errors import Conflict, ImageInUse, InvalidRequest, NotFound, VirtlabError
@@ -17,6 +18,7 @@ from virtlab.images.progress import ImportJob, ImportJobs
 from virtlab.images.receive import receive
 from virtlab.images.store import ImageStore
 from virtlab.services.image_scan import BaseScanner, ScanReport, VerifyReport
+from virtlab.services.limits import SYSTEM, ImportSlots, Requester
 
 __all__ = ["ImageService", "ScanReport", "VerifyReport"]
 
@@ -32,6 +34,7 @@ class ImageService:
     scanner: BaseScanner
     max_upload_bytes: int
     users_of: UsersOf = lambda _name: []  # replaced once nodes exist
+    slots: ImportSlots = field(default_factory=lambda: ImportSlots(4, 2))  # imports in flight
 
     async def import_upload(
         self,
@@ -40,12 +43,23 @@ class ImageService:
         *,
         job_id: str | None = None,
         expected_size: int | None = None,
+        who: Requester = SYSTEM,
+        held: bool = False,
     ) -> list[ImageRecord]:
-        """Stage, unwrap, inspect, convert, verify and register one upload."""
+        """Stage, unwrap, inspect, convert, verify and register one upload. It takes an
+        import slot of ``who``'s first (refused at once when none is free), unless the caller
+        ``held`` one already (a lab archive's images)."""
         if not source_name or len(source_name) > 255 or not source_name.isprintable():
             raise InvalidRequest(
                 "the upload's file name must be 1 to 255 printable characters; rename the file"
             )
+        with contextlib.nullcontext() if held else self.slots.take(who):
+            return await self._import(chunks, source_name, job_id, expected_size)
+
+    async def _import(
+        self, chunks: AsyncIterator[bytes], source_name: str, job_id: str | None,
+        expected_size: int | None,
+    ) -> list[ImageRecord]:  # fmt: skip
         try:
             job = self.jobs.start(source_name, job_id)
         except KeyError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -122,6 +122,24 @@ class LabService:
                 f"lab {wanted.name} exists and differs from this file; `virtlab lab destroy "
                 f"{wanted.name}` first, or edit it through the API"
             )
+        machines = [n for n in wanted.nodes if not n.is_nat]  # a NAT node is no machine
+        what = f"lab {wanted.name} ({len(machines)} nodes)"
+        if start:  # refused up front when it cannot run; the start itself holds the RAM
+            ram = {f"{wanted.name}:{n.name}": n.ram_mb for n in machines}
+            self.nodes.check_ram(ram, f"{what}, {sum(ram.values())} MiB")
+        with self._reserve_nodes(owner_id, len(machines), what) as made:
+            return await self._deploy(wanted, owner_id, start, made)
+
+    def _reserve_nodes(
+        self, owner_id: str | None, count: int, what: str
+    ) -> AbstractContextManager[Callable[[], None]]:
+        if self.nodes.quota is None:
+            return nullcontext(lambda: None)
+        return self.nodes.quota.reserve(owner_id, count, what)
+
+    async def _deploy(
+        self, wanted: ResolvedLab, owner_id: str | None, start: bool, made: Callable[[], None]
+    ) -> tuple[LabRecord, bool]:
         user_nets = _user_nets(wanted)
         async with AsyncExitStack() as undo:
             lab = self.create(wanted.name, owner_id)
@@ -130,7 +148,7 @@ class LabService:
                 if node.is_nat:
                     continue  # no machine: its linked peer gets user-mode networking
                 settings = _settings(node, lab.name, user_nets.get(node.name, {}))
-                record = await self.nodes.create(settings)
+                record = await self.nodes.create(settings, reserved=made)
                 undo.push_async_callback(self._forget_node, record.id)
             nat_names = {n.name for n in wanted.nodes if n.is_nat}
             for link in wanted.links:
@@ -162,7 +180,8 @@ class LabService:
     # -- running ------------------------------------------------------------------------------
 
     async def start(self, name: str) -> list[NodeRecord]:
-        """Start every stopped or crashed node, a few at a time."""
+        """Start every stopped or crashed node, a few at a time. The RAM of them all is
+        promised before the first starts: if the host cannot hold it, none starts."""
         lab = self.get(name)
         gate = asyncio.Semaphore(_START_CONCURRENCY)
         todo = [
@@ -174,7 +193,10 @@ class LabService:
             async with gate:
                 return await self.nodes.start(node.id)
 
-        return list(await asyncio.gather(*(one(n) for n in todo)))
+        ram = {n.id: n.ram_mb for n in todo}
+        what = f"lab {lab.name} ({len(todo)} nodes, {sum(ram.values())} MiB)"
+        with self.nodes.hold_ram(ram, what):
+            return list(await asyncio.gather(*(one(n) for n in todo)))
 
     async def stop(self, name: str) -> list[NodeRecord]:
         """Stop every running node at once (ACPI power-down, then a hard stop)."""

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
+from virtlab.nodes.memory import RamLedger
 from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import (
     Accel,
@@ -39,6 +40,7 @@ from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.images import ImageService
+from virtlab.services.limits import NodeQuota
 from virtlab.services.node_settings import NodeSettings, nic_specs
 
 __all__ = ["NodeService", "NodeSettings"]
@@ -70,10 +72,14 @@ class NodeService:
     accel: Callable[[], Accel]
     stop_timeout: float = 30.0
     events: EventBus | None = None
+    quota: NodeQuota | None = None  # nodes per user
+    memory: RamLedger | None = None  # RAM promised against the host's memory
 
     def __post_init__(self) -> None:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._lab_names: dict[str, str] = {}
+        self._ports_making: set[int] = set()  # console ports of nodes being created
+        self._names_making: set[tuple[str, str]] = set()  # (lab id, name) being created
         # Set by the link service: wire a node's links once it runs; unwire them before it goes.
         self.after_start: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
@@ -147,8 +153,19 @@ class NodeService:
 
     # -- creating and editing -----------------------------------------------------------------
 
-    async def create(self, settings: NodeSettings) -> NodeRecord:
+    async def create(
+        self, settings: NodeSettings, *, reserved: Callable[[], None] | None = None
+    ) -> NodeRecord:
+        """Make a stopped node. ``reserved``: the caller (a lab deploy) has reserved it in the
+        owner's quota, and this is called once its row is in; else it is reserved here."""
         settings = settings.checked()
+        if reserved is None and self.quota is not None:
+            owner = self.quota.owner_of_lab(self.lab_id(settings.lab))
+            with self.quota.reserve(owner, 1, f"node {settings.name}") as made:
+                return await self._create(settings, made)
+        return await self._create(settings, reserved or (lambda: None))
+
+    async def _create(self, settings: NodeSettings, made: Callable[[], None]) -> NodeRecord:
         image = self.images.get(settings.image)
         base = self.images.store.absolute(image.path)
         if image.kind == ImageKind.CDROM:
@@ -165,7 +182,8 @@ class NodeService:
             )
         lab_id = self.lab_id(settings.lab)
         node_id = new_node_id()
-        ports = self.consoles.allocate(self._ports_in_use(), settings.serial, settings.vnc)
+        in_use = self._ports_in_use() | self._ports_making
+        ports = self.consoles.allocate(in_use, settings.serial, settings.vnc)
         record = NodeRecord(
             id=node_id, name=settings.name, image=image.name, cpus=settings.cpus,
             ram_mb=settings.ram_mb, disk_bus=settings.disk_bus.value, nics=settings.nics,
@@ -178,13 +196,21 @@ class NodeService:
             position_y=settings.position[1] if settings.position else None,
         )  # fmt: skip
         self._check_name_free(settings.name, lab_id)
+        # Until its row is in, the node's ports and name are kept from concurrent creations.
+        claimed = {p for p in (ports.telnet, ports.vnc) if p is not None}
+        self._ports_making |= claimed
+        self._names_making.add((lab_id, settings.name))
         try:
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
             with self.catalog.session() as session:
                 NodeRepository(session).add(record)
+            made()
         except BaseException:
             shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
             raise
+        finally:
+            self._ports_making -= claimed
+            self._names_making.discard((lab_id, settings.name))
         self.publish(record)
         return record
 
@@ -194,8 +220,8 @@ class NodeService:
 
     def _check_name_free(self, name: str, lab_id: str, but: str | None = None) -> None:
         with self.catalog.session() as session:
-            others = [r for r in NodeRepository(session).by_name(name, lab_id) if r.id != but]
-        if others:
+            taken = any(r.id != but for r in NodeRepository(session).by_name(name, lab_id))
+        if taken or (but is None and (lab_id, name) in self._names_making):
             raise Conflict(f"this lab already has a node named {name}; choose another name")
 
     async def edit(self, ref: str, **changes: object) -> NodeRecord:
@@ -271,6 +297,22 @@ class NodeService:
                 "checkpoints rm LAB TAG` for a lab's)"
             )
 
+    def active_ram(self) -> dict[str, int]:
+        """The RAM (MiB) of each node whose QEMU runs or is about to, by id."""
+        return {n.id: n.ram_mb for n in self.list() if NodeState(n.state) in _ACTIVE}
+
+    def hold_ram(self, wanted: Mapping[str, int], what: str) -> contextlib.AbstractContextManager:
+        """Promise ``wanted`` (id -> MiB) for the block (starts in flight), or refuse with
+        LimitReached when the host's memory cannot hold it beside what runs."""
+        if self.memory is None:
+            return contextlib.nullcontext()
+        return self.memory.hold(wanted, self.active_ram(), what)
+
+    def check_ram(self, wanted: Mapping[str, int], what: str) -> None:
+        """Refuse now what ``hold_ram`` would refuse, promising nothing."""
+        if self.memory is not None:
+            self.memory.check(wanted, self.active_ram(), what)
+
     async def start(self, ref: str) -> NodeRecord:
         record = self.get(ref)
         async with self._locks[record.id]:
@@ -286,6 +328,11 @@ class NodeService:
             spec = replace(spec, loadvm=resume.tag, machine=machine, accel=Accel(accel))
         if not spec.paths.disk.exists():
             raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
+        what = f"node {record.name} ({record.ram_mb} MiB)"
+        with self.hold_ram({record.id: record.ram_mb}, what):
+            return await self._launch(record, spec)
+
+    async def _launch(self, record: NodeRecord, spec: NodeSpec) -> NodeRecord:
         self._set(record.id, NodeState.STARTING, "")
         try:
             # QEMU starts with its vCPUs halted (-S): the console hub connects and the

@@ -23,14 +23,22 @@ from virtlab.api.schemas import (
 )
 from virtlab.catalog import ImageRecord
 from virtlab.errors import InvalidRequest
+from virtlab.services.limits import Requester
 
 router = APIRouter(tags=["images"])
+
+TOO_MANY_IMPORTS = refusal(
+    "As many imports are in flight as allowed (VIRTLAB_MAX_CONCURRENT_IMPORTS, or a user's "
+    "share: VIRTLAB_MAX_CONCURRENT_IMPORTS_PER_USER); nothing was received. Retry-After says "
+    "when to try again"
+) | {"headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}
 
 
 IMPORT_ERRORS = {
     400: refusal("Malformed request"),
     409: refusal("Import id already in use"),
     413: refusal("Past the upload, expanded or virtual size cap"),
+    429: TOO_MANY_IMPORTS,
     415: refusal("Not a format virtlab accepts"),
     422: refusal_or_invalid("Refused: unsafe or damaged image; the reason is in detail"),
     507: refusal("The data directory's disk is full"),
@@ -79,7 +87,11 @@ async def upload_custom(
         request.stream(), request.headers.get("content-type", ""), "image"
     )
     records = await images.import_upload(
-        part.chunks, part.filename, job_id=import_id, expected_size=_length(request)
+        part.chunks,
+        part.filename,
+        job_id=import_id,
+        expected_size=_length(request),
+        who=Requester.of(who),
     )
     return _imported(records)
 
@@ -104,7 +116,11 @@ async def upload_raw(
     if "/" in name or "\\" in name or name in (".", ".."):
         raise InvalidRequest(f"{name!r} is not a plain file name")
     records = await images.import_upload(
-        request.stream(), name, job_id=import_id, expected_size=_length(request)
+        request.stream(),
+        name,
+        job_id=import_id,
+        expected_size=_length(request),
+        who=Requester.of(who),
     )
     return _imported(records)
 
@@ -137,17 +153,22 @@ def delete_image(
     return Response(status_code=204)
 
 
-@router.post("/api/images/scan", response_model=ScanResult, summary="Rescan DATA/images")
+@router.post(
+    "/api/images/scan", response_model=ScanResult, summary="Rescan DATA/images",
+    responses={429: TOO_MANY_IMPORTS},
+)  # fmt: skip
 async def scan_images(images: ImageServiceDep, who: PrincipalDep) -> ScanResult:
-    """Admins only."""
+    """Admins only. Counts as one import in flight while it runs."""
     require_admin(who)
-    return ScanResult.of(await asyncio.to_thread(images.scan))
+    with images.slots.take(Requester.of(who)):
+        return ScanResult.of(await asyncio.to_thread(images.scan))
 
 
 @router.post(
     "/api/images/verify",
     response_model=VerifyResult,
     summary="Rescan, then check every image's file, format, checksum and consistency",
+    responses={429: TOO_MANY_IMPORTS},
 )
 async def verify_images(
     images: ImageServiceDep,
@@ -160,10 +181,12 @@ async def verify_images(
         ),
     ] = False,
 ) -> VerifyResult:
-    """Everyone may check; only admins may fix."""
+    """Everyone may check; only admins may fix. Counts as one import in flight while it runs
+    (it may register and convert images)."""
     if fix:
         require_admin(who)
-    return VerifyResult.of(await asyncio.to_thread(images.verify, fix=fix))
+    with images.slots.take(Requester.of(who)):
+        return VerifyResult.of(await asyncio.to_thread(images.verify, fix=fix))
 
 
 @router.get(
@@ -186,7 +209,8 @@ def get_import(import_id: str, images: ImageServiceDep) -> ImportStatus:
 @router.post(
     "/api/images/{name}/boot-test", response_model=BootTestResult,
     summary="Boot an image on a throwaway overlay and report what it showed",
-    responses={404: refusal("No such image")},
+    responses={404: refusal("No such image"),
+               409: refusal("The host's memory cannot hold its RAM beside the running nodes")},
 )  # fmt: skip
 async def boot_test(name: ImageName, body: BootTestRequest, runtime: RuntimeDep) -> BootTestResult:
     """Boots the image (a disk on a throwaway overlay, or a CD-ROM with a blank disk), captures

@@ -13,7 +13,9 @@ from virtlab.api.auth import PrincipalDep, require_role
 from virtlab.api.deps import RuntimeDep
 from virtlab.api.errors import refusal, refusal_or_invalid
 from virtlab.api.node_schemas import NAME_PATTERN
+from virtlab.api.routes.images import TOO_MANY_IMPORTS
 from virtlab.api.routes.labs import LabInfo, LabName
+from virtlab.services.limits import Requester
 
 router = APIRouter(tags=["labs"])
 
@@ -24,9 +26,10 @@ ARCHIVE_ERRORS = {
 IMPORT_ERRORS = {
     400: refusal("Not a lab archive, or one with unexpected contents"),
     404: refusal("A base image is neither here nor in the archive (named)"),
-    409: refusal("A lab of that name exists"),
+    409: refusal("A lab of that name exists, or its nodes would pass the user's node limit"),
     413: refusal("Past the upload cap, or an oversized manifest"),
     422: refusal_or_invalid("A disk or image in the archive is refused; the reason is in detail"),
+    429: TOO_MANY_IMPORTS,
     507: refusal("The data directory's disk is full"),
 }  # fmt: skip
 
@@ -75,7 +78,7 @@ async def import_lab(
     length = request.headers.get("content-length", "")
     done = await runtime.archiver.import_stream(
         request.stream(), expected_size=int(length) if length.isdigit() else None, name=name,
-        checkpoints=checkpoints, owner_id=who.user_id,
+        checkpoints=checkpoints, owner_id=who.user_id, who=Requester.of(who),
     )  # fmt: skip
     info = LabInfo.of(runtime.labs.summary(done.lab))
     return LabImported(**info.model_dump(), images_imported=done.images_imported,

@@ -23,7 +23,10 @@ router = APIRouter(tags=["labs"])
 REFUSED = {
     400: refusal("Bad request or topology file (every problem listed)"),
     404: refusal("No such lab or image"),
-    409: refusal("Exists and differs, or a node's state forbids it"),
+    409: refusal(
+        "Exists and differs, a node's state forbids it, or a limit would be passed "
+        "(nodes per user; RAM promised against the host's memory)"
+    ),
 }
 LabName = Annotated[str, Path(pattern=NAME_PATTERN)]
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain")

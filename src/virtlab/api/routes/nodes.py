@@ -38,7 +38,8 @@ def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]
     "/api/nodes", status_code=201, response_model=Node, summary="Create a node",
     responses={400: refusal("Bad settings"),
                404: refusal("No such image"),
-               409: refusal("Name taken, or image not usable")},
+               409: refusal("Name taken, image not usable, or the owner's node limit "
+                            "(VIRTLAB_MAX_NODES_PER_USER) reached")},
 )  # fmt: skip
 async def create_node(
     body: NodeCreate, nodes: NodeServiceDep, runtime: RuntimeDep, access: AccessDep
@@ -93,6 +94,12 @@ async def delete_node(ref: NodeRef, nodes: NodeServiceDep) -> Response:
     return Response(status_code=204)
 
 
+STARTS = {**NOT_FOUND, 409: refusal(
+    "Not now: the node's state forbids it, or the host's memory cannot hold its RAM beside "
+    "what runs (VIRTLAB_MEMORY_RESERVE_MB, VIRTLAB_MEMORY_OVERCOMMIT)"
+)}  # fmt: skip
+
+
 def _action(name: str, summary: str) -> None:
     async def act(ref: NodeRef, nodes: NodeServiceDep, runtime: RuntimeDep) -> Node:
         return _out(runtime, await getattr(nodes, name)(ref))
@@ -100,7 +107,7 @@ def _action(name: str, summary: str) -> None:
     act.__name__ = f"{name}_node"
     router.add_api_route(
         f"/api/nodes/{{ref}}/{name}", act, methods=["POST"], response_model=Node,
-        summary=summary, responses=REFUSED,
+        summary=summary, responses=STARTS if name == "start" else REFUSED,
     )  # fmt: skip
 
 

@@ -182,7 +182,10 @@ class CheckpointService(CheckpointBook):
                 async with gate:
                     return await self._resume_one(node, rows[node.id])
 
-            results = await asyncio.gather(*(one(n) for n in members), return_exceptions=True)
+            ram = {n.id: n.ram_mb for n in members}
+            what = f"lab {lab.name} from checkpoint {tag} ({sum(ram.values())} MiB)"
+            with self.nodes.hold_ram(ram, what):  # all or none: refused before any starts
+                results = await asyncio.gather(*(one(n) for n in members), return_exceptions=True)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:  # all or none: the ones that did resume are killed again
                 for node, result in zip(members, results, strict=True):

@@ -61,6 +61,7 @@ from virtlab.nodes.state import NodeState
 from virtlab.services.checkpoints import CheckpointService
 from virtlab.services.images import ImageService
 from virtlab.services.labs import LabService
+from virtlab.services.limits import SYSTEM, Requester
 from virtlab.services.nodes import NodeService
 from virtlab.topology import export_yaml, load_lab
 
@@ -192,9 +193,18 @@ class LabArchiver:
     async def import_stream(
         self, chunks: AsyncIterator[bytes], *, expected_size: int | None = None,
         name: str | None = None, checkpoints: bool = True, owner_id: str | None = None,
+        who: Requester = SYSTEM,
     ) -> LabImport:  # fmt: skip
         """Receive an uploaded archive into staging (under the upload cap), then import it
-        (a lab of ``owner_id``'s)."""
+        (a lab of ``owner_id``'s). The whole of it is one import of ``who``'s (its images
+        included): refused at once when no import slot is free."""
+        with self.images.slots.take(who):
+            return await self._import_stream(chunks, expected_size, name, checkpoints, owner_id)
+
+    async def _import_stream(
+        self, chunks: AsyncIterator[bytes], expected_size: int | None, name: str | None,
+        checkpoints: bool, owner_id: str | None,
+    ) -> LabImport:  # fmt: skip
         work = self._new_work()
         try:
             archive = work / "archive.tar"
@@ -234,6 +244,9 @@ class LabArchiver:
         with contextlib.suppress(NotFound):
             self.labs.get(lab_name)
             raise Conflict(f"a lab named {lab_name} already exists; import it under another name")
+        if self.nodes.quota is not None:  # before any disk is extracted or image imported
+            what = f"lab {lab_name} ({len(manifest.nodes)} nodes)"
+            self.nodes.quota.check(owner_id, len(manifest.nodes), what)
         copies = {e.name: work / f"{e.name}.qcow2" for e in manifest.nodes}
         for entry in manifest.nodes:
             where = members[f"nodes/{entry.name}.qcow2"]
@@ -300,7 +313,7 @@ class LabArchiver:
             where = members[entry.member]
             source = re.sub(r"_\d{10,}(?=\.[A-Za-z0-9]+$)", "", entry.name)  # drop the ms
             records = await self.images.import_upload(
-                chunks_of(archive, where), source, expected_size=where[1]
+                chunks_of(archive, where), source, expected_size=where[1], held=True
             )
             if [(r.source_sha256, r.kind) for r in records] != [(entry.sha256, entry.kind)]:
                 for record in records:
