@@ -11,6 +11,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
+from virtlab._util.faults import FaultPoint
 from virtlab._util.proc import Limits
 from virtlab.catalog import Catalog
 from virtlab.images.importer import Importer, ImportLimits
@@ -24,6 +25,7 @@ from virtlab.nodes.spec import Accel
 from virtlab.services.boot_test import BootTester
 from virtlab.services.checkpoints import CheckpointService
 from virtlab.services.consoles import ConsoleManager
+from virtlab.services.deploy_intents import DeployIntents
 from virtlab.services.events import EventBus
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
@@ -65,7 +67,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        catalog = Catalog(settings.resolved_database_url)
+        catalog = Catalog(
+            settings.resolved_database_url, busy_timeout=settings.catalog_busy_timeout
+        )
         store = ImageStore(settings.images_dir, settings.staging_dir)
         qemu_img = QemuImg(
             info_limits=Limits(settings.qemu_img_cpu_seconds, settings.qemu_img_address_space),
@@ -79,6 +83,7 @@ class Runtime:
             fault_point=settings.fault_point,
         )
         events = EventBus()
+        fault = FaultPoint(settings.fault_point)
         images = ImageService(
             catalog=catalog,
             store=store,
@@ -100,7 +105,7 @@ class Runtime:
         runtime.nodes = NodeService(
             catalog=catalog, images=images, driver=QemuDriver(qemu_img=qemu_img),
             consoles=consoles, nodes_dir=settings.nodes_dir, accel=runtime.accel,
-            stop_timeout=settings.stop_timeout, events=events,
+            stop_timeout=settings.stop_timeout, events=events, fault=fault,
         )  # fmt: skip
         runtime.boot_tests = BootTester(
             images=images, driver=QemuDriver(qemu_img=qemu_img), work_dir=settings.nodes_dir,
@@ -111,8 +116,9 @@ class Runtime:
             captures_dir=settings.data_dir / "captures", events=events,
         )  # fmt: skip
         runtime.labs = LabService(
-            catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events
-        )
+            catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events,
+            intents=DeployIntents(settings.data_dir / "deploys"), fault=fault,
+        )  # fmt: skip
         runtime.checkpoints = CheckpointService(
             catalog=catalog, nodes=runtime.nodes, labs=runtime.labs, events=events
         )
@@ -143,6 +149,7 @@ class Runtime:
         await self.nodes.adopt_all()
         await self.checkpoints.reconcile()
         await self.links.restore()
+        self.labs.recover()
 
     def _start_catalog(self) -> None:
         self.settings.check_socket_paths()

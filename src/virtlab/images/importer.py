@@ -10,14 +10,13 @@ passed; the staging directory is removed whatever happens. Runs in a worker thre
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from virtlab._util.faults import FaultPoint
 from virtlab.catalog import Catalog, ImageRecord, ImageRepository
 from virtlab.errors import CorruptImage, ToolFailure, UnsafeImage
 from virtlab.images.formats import ImageFormat
@@ -65,6 +64,7 @@ class Importer:
         self.qemu_img = qemu_img
         self.limits = limits
         self.fault_point = fault_point
+        self._fault = FaultPoint(fault_point)
 
     def run(
         self,
@@ -259,11 +259,6 @@ class Importer:
         job.advance(percent)
         if percent >= 10:
             self._fault("during_convert")
-
-    def _fault(self, point: str) -> None:
-        """Die here as a power cut would, when the crash-safety tests ask for it."""
-        if self.fault_point == point:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:

@@ -17,17 +17,17 @@ import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from virtlab._util.faults import FaultPoint
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
-from virtlab.errors import Conflict, InvalidRequest, NotFound
+from virtlab.errors import CatalogBusy, Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
-from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import (
     Accel,
     DiskBus,
@@ -39,6 +39,7 @@ from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.images import ImageService
+from virtlab.services.node_faults import paused, recover
 from virtlab.services.node_settings import NodeSettings, nic_specs
 
 __all__ = ["NodeService", "NodeSettings"]
@@ -70,6 +71,7 @@ class NodeService:
     accel: Callable[[], Accel]
     stop_timeout: float = 30.0
     events: EventBus | None = None
+    fault: FaultPoint = field(default_factory=FaultPoint)
 
     def __post_init__(self) -> None:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -78,6 +80,7 @@ class NodeService:
         self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.checkpoints_of: Callable[[str], list[str]] = lambda _id: []  # set by checkpoints
         self.driver.on_exit = self._on_exit
+        self.driver.on_pause = self._on_pause
         self.images.users_of = self.users_of
 
     # -- reading ------------------------------------------------------------------------------
@@ -172,8 +175,7 @@ class NodeService:
         self._check_name_free(settings.name, lab_id)
         try:
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
-            with self.catalog.session() as session:
-                NodeRepository(session).add(record)
+            await self.catalog.write(lambda session: NodeRepository(session).add(record))
         except BaseException:
             shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
             raise
@@ -195,8 +197,10 @@ class NodeService:
         position = changes.pop("position", None)
         if position is not None:  # moving a node on the canvas is fine in any state
             x, y = position  # type: ignore[misc]
-            with self.catalog.session() as session:
-                record = NodeRepository(session).update(record.id, position_x=x, position_y=y)
+            node_id = record.id
+            record = await self.catalog.write(
+                lambda session: NodeRepository(session).update(node_id, position_x=x, position_y=y)
+            )
         if not changes:
             return record
         async with self._locks[record.id]:
@@ -219,19 +223,33 @@ class NodeService:
                 else getattr(wanted, k)
                 for k in changes
             }  # fmt: skip
-            with self.catalog.session() as session:
-                return NodeRepository(session).update(record.id, **fields)
+            node_id = record.id
+            return await self.catalog.write(
+                lambda session: NodeRepository(session).update(node_id, **fields)
+            )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _set(self, node_id: str, state: NodeState, detail: str | None = None) -> NodeRecord:
+    async def _set(self, node_id: str, state: NodeState, detail: str | None = None) -> NodeRecord:
         fields: dict[str, object] = {"state": state.value}
         if detail is not None:
             fields["detail"] = detail
-        with self.catalog.session() as session:
-            record = NodeRepository(session).update(node_id, **fields)
+        record = await self.catalog.write(
+            lambda session: NodeRepository(session).update(node_id, **fields)
+        )
         self.publish(record)
         return record
+
+    async def _set_surely(self, node_id: str, state: NodeState, detail: str | None = None) -> None:
+        """``_set`` for what happened without a request (a crash, a pause): waits out a busy
+        catalog for as long as it takes, since nobody could try again."""
+        while True:
+            try:
+                await self._set(node_id, state, detail)
+                return
+            except CatalogBusy as exc:
+                log.warning("node %s is %s; recording it waits for the catalog: %s",
+                            node_id, state.value, exc)  # fmt: skip
 
     def publish(self, record: NodeRecord, *, deleted: bool = False) -> None:
         if self.events is not None:
@@ -278,34 +296,40 @@ class NodeService:
             spec = replace(spec, loadvm=resume.tag, machine=machine, accel=Accel(accel))
         if not spec.paths.disk.exists():
             raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
-        self._set(record.id, NodeState.STARTING, "")
+        await self._set(record.id, NodeState.STARTING, "")
         try:
             # QEMU starts with its vCPUs halted (-S): the console hub connects and the
             # links are set before the guest prints its first byte or sends its first frame.
             await self.driver.start(spec)
         except BaseException as exc:
-            self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
+            await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
         try:
-            await self.consoles.open(record, spec)
-            if self.after_start is not None:
-                await self.after_start(record)
-            await self.driver.resume(record.id)
+            await self.let_run(record, spec)
         except BaseException as exc:
             await self.driver.kill(record.id)
-            self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
+            await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
-        return self._set(record.id, NodeState.RUNNING)
+        return await self._set(record.id, NodeState.RUNNING)
+
+    async def let_run(self, record: NodeRecord, spec: NodeSpec) -> None:
+        """The end of a start, once QEMU runs halted: open the console, wire the links, then
+        let the vCPUs run (also how a start the server died in is finished at start-up)."""
+        await self.consoles.open(record, spec)
+        if self.after_start is not None:
+            await self.after_start(record)
+        self.fault("start_before_cont")
+        await self.driver.resume(record.id)
 
     async def stop(self, ref: str, timeout: float | None = None) -> NodeRecord:
         record = self.get(ref)
         async with self._locks[record.id]:
             await self._transition(record.id, Action.STOP)
-            self._set(record.id, NodeState.STOPPING)
+            await self._set(record.id, NodeState.STOPPING)
             grace = self.stop_timeout if timeout is None else timeout
             if not await self.driver.stop(record.id, grace):
                 note = f"the guest did not power off within {grace:g} s; it was stopped hard"
-                return self._set(record.id, NodeState.STOPPED, note)
+                return await self._set(record.id, NodeState.STOPPED, note)
             return self.get(record.id)
 
     async def kill(self, ref: str) -> NodeRecord:
@@ -324,14 +348,14 @@ class NodeService:
         async with self._locks[record.id]:
             await self._transition(record.id, Action.SUSPEND)
             await self.driver.suspend(record.id)
-            return self._set(record.id, NodeState.SUSPENDED)
+            return await self._set(record.id, NodeState.SUSPENDED)
 
     async def resume(self, ref: str) -> NodeRecord:
         record = self.get(ref)
         async with self._locks[record.id]:
             await self._transition(record.id, Action.RESUME)
             await self.driver.resume(record.id)
-            return self._set(record.id, NodeState.RUNNING)
+            return await self._set(record.id, NodeState.RUNNING, "")
 
     async def wipe(self, ref: str) -> NodeRecord:
         record = self.get(ref)
@@ -341,7 +365,7 @@ class NodeService:
             base = None if image.kind == ImageKind.CDROM else self.images.store.absolute(image.path)
             self._refuse_if_checkpoints(record, "wipe", ["the disk"])
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
-            return self._set(record.id, NodeState.STOPPED, "")
+            return await self._set(record.id, NodeState.STOPPED, "")
 
     async def delete(self, ref: str) -> NodeRecord:
         record = self.get(ref)
@@ -350,8 +374,8 @@ class NodeService:
             if self.before_delete is not None:
                 await self.before_delete(record)
             await self.consoles.close(record.id)
-            with self.catalog.session() as session:
-                NodeRepository(session).remove(record.id)
+            node_id = record.id
+            await self.catalog.write(lambda session: NodeRepository(session).remove(node_id))
             shutil.rmtree(self.nodes_dir / record.id, ignore_errors=True)
         self._locks.pop(record.id, None)
         self.publish(record, deleted=True)
@@ -364,31 +388,21 @@ class NodeService:
     async def _on_exit(self, node_id: str, state: NodeState, detail: str) -> None:
         await self.consoles.close(node_id)
         try:
-            record = self._set(node_id, state, detail)
+            await self._set_surely(node_id, state, detail)
         except KeyError:
             return  # deleted meanwhile
         if state is NodeState.CRASHED:
-            log.warning(
-                "node %s crashed: %s", record.name, detail.splitlines()[0] if detail else ""
-            )
+            log.warning("node %s crashed: %s", node_id, detail.splitlines()[0] if detail else "")
+
+    async def _on_pause(self, node_id: str, reason: str) -> None:
+        async with self._locks[node_id]:  # after a resume under way has recorded its state
+            await paused(self, node_id, reason)
 
     # -- server start and stop ----------------------------------------------------------------
 
     async def adopt_all(self) -> None:
-        """Re-adopt the machines that outlived the last server; mark the dead ones crashed."""
-        for record in self.list():
-            if NodeState(record.state) not in _ACTIVE:
-                continue
-            spec = self.spec(record)
-            state = await self.driver.adopt(spec)
-            if state is None:
-                tail = log_tail(spec.paths.log)
-                why = f"QEMU was no longer running when the server restarted:\n{tail}"
-                self._set(record.id, NodeState.CRASHED, why)
-                continue
-            await self.consoles.open(record, spec)
-            self._set(record.id, state)
-            log.info("re-adopted node %s (%s)", record.name, state.value)
+        """Make the nodes agree with what outlived the last server (``node_faults``)."""
+        await recover(self)
 
     async def shutdown(self, *, stop_nodes: bool) -> None:
         if stop_nodes:
