@@ -158,6 +158,7 @@ class Runtime:
         self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()
         self.catalog.migrate()
+        self.catalog.keep_reserve()
         given = self.settings.admin_password  # a SecretStr: never shown in a repr or a log
         generated = self.users.bootstrap(given.get_secret_value() if given else None)
         if generated is not None:

@@ -6,14 +6,22 @@ wait blocks the thread it happens in, so code on the event loop writes through
 :meth:`Catalog.write`, which runs the session in a worker thread. A lock held past the timeout
 is :class:`~virtlab.errors.CatalogBusy` (503, nothing changed); a full disk is
 :class:`~virtlab.errors.InsufficientStorage` (507, nothing changed).
+
+A full disk must not keep the server from recording what happened (a node paused because its
+disk filled DATA up): a SQLite catalog keeps a reserve file beside it
+(``.catalog-reserve``, 4 MiB, made while there is room), which :meth:`Catalog.write` gives
+back to the file system when a write finds the disk full, then tries once more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import TypeVar
 
 from alembic import command
@@ -24,7 +32,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from virtlab.errors import CatalogBusy, InsufficientStorage
 
-__all__ = ["Catalog"]
+__all__ = ["RESERVE_BYTES", "Catalog"]
+
+log = logging.getLogger("virtlab.catalog")
+
+RESERVE_BYTES = 4 << 20  # room kept for the catalog to record changes on a full disk
 
 T = TypeVar("T")
 
@@ -42,9 +54,12 @@ def _normalise(url: str) -> str:
 class Catalog:
     """Owns the engine; ``migrate()`` brings the schema to the latest revision."""
 
-    def __init__(self, url: str, *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout: float = 30.0, reserve_bytes: int = RESERVE_BYTES
+    ) -> None:
         self.url = _normalise(url)
         self.busy_timeout = busy_timeout
+        self.reserve_bytes = reserve_bytes
         kwargs: dict = {}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
@@ -52,6 +67,12 @@ class Catalog:
         if self.url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        database = self.engine.url.database if self.url.startswith("sqlite") else None
+        self.reserve: Path | None = (
+            Path(database).parent / ".catalog-reserve"
+            if database and database != ":memory:" and reserve_bytes > 0
+            else None
+        )
 
     def migrate(self) -> None:
         cfg = Config()
@@ -81,13 +102,48 @@ class Catalog:
         lock first (``BEGIN IMMEDIATE``), so a read-then-write never fails half-way because
         another writer went in between."""
 
-        def run() -> T:
+        def attempt() -> T:
             with self.session() as session:
                 if self.url.startswith("sqlite"):
                     session.connection().exec_driver_sql("BEGIN IMMEDIATE")
                 return work(session)
 
+        def run() -> T:
+            try:
+                result = attempt()
+            except InsufficientStorage:
+                if not self._release_reserve():
+                    raise
+                result = attempt()
+            self.keep_reserve()
+            return result
+
         return await asyncio.to_thread(run)
+
+    def keep_reserve(self) -> None:
+        """Make the reserve file if it is missing and the disk has room to spare for it."""
+        if self.reserve is None or self.reserve.exists():
+            return
+        try:
+            stat = os.statvfs(self.reserve.parent)
+            if stat.f_bavail * stat.f_frsize < 4 * self.reserve_bytes:
+                return
+            part = self.reserve.with_name(f"{self.reserve.name}.part")
+            with part.open("wb") as f:
+                os.posix_fallocate(f.fileno(), 0, self.reserve_bytes)
+            part.replace(self.reserve)
+        except OSError as exc:
+            log.warning("could not keep the catalog's reserve %s: %s", self.reserve, exc)
+
+    def _release_reserve(self) -> bool:
+        if self.reserve is None or not self.reserve.exists():
+            return False
+        log.warning(
+            "the data directory's disk is full: gave back the catalog's reserve (%d MiB) to "
+            "record a change; free some space", self.reserve_bytes >> 20,
+        )  # fmt: skip
+        self.reserve.unlink(missing_ok=True)
+        return True
 
     def _translate(self, exc: OperationalError) -> Exception:
         text = str(exc.orig) if exc.orig is not None else str(exc)

@@ -25,7 +25,7 @@ from virtlab._util.faults import FaultPoint
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
-from virtlab.errors import CatalogBusy, Conflict, InvalidRequest, NotFound
+from virtlab.errors import CatalogBusy, Conflict, InsufficientStorage, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.spec import (
@@ -250,6 +250,10 @@ class NodeService:
             except CatalogBusy as exc:
                 log.warning("node %s is %s; recording it waits for the catalog: %s",
                             node_id, state.value, exc)  # fmt: skip
+            except InsufficientStorage as exc:
+                log.error("node %s is %s, but the catalog cannot record it: %s",
+                          node_id, state.value, exc)  # fmt: skip
+                return
 
     def publish(self, record: NodeRecord, *, deleted: bool = False) -> None:
         if self.events is not None:
