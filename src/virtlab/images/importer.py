@@ -212,14 +212,17 @@ class Importer:
             records.append(self._record(item, name, received, source_name))
         self.store.record_intent(staging, [r.path for r in records])
         self._fault("after_intent")
-        with ExitStack() as undo, self.catalog.session() as session:
-            repo = ImageRepository(session)
-            for item, record in zip(prepared, records, strict=True):
-                repo.add(record)
-                self.store.move_into_place(item.file, record.path)
-                undo.callback(self.store.unpublish, record.path)
-                self._fault("after_move")
-            undo.pop_all()  # the rows commit as the session block ends
+        with ExitStack() as undo:
+            with self.catalog.session() as session:
+                repo = ImageRepository(session)
+                for item, record in zip(prepared, records, strict=True):
+                    repo.add(record)
+                    self.store.move_into_place(item.file, record.path)
+                    undo.callback(self.store.unpublish, record.path)
+                    self._fault("after_move")
+            # Committed: the files stay. A commit that fails (a busy catalog, a full disk)
+            # takes them back out first.
+            undo.pop_all()
         self._fault("after_commit")
         return records
 

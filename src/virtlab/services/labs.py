@@ -18,6 +18,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.orm import Session
+
 from virtlab._util.faults import FaultPoint
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.labs import DEFAULT_LAB_ID, LabRecord, LabRepository
@@ -94,17 +96,20 @@ class LabService:
 
     # -- making -------------------------------------------------------------------------------
 
-    def create(self, name: str, owner_id: str | None = None) -> LabRecord:
+    async def create(self, name: str, owner_id: str | None = None) -> LabRecord:
         """An empty lab; ``owner_id``: the user it belongs to (None: admins only)."""
         validate_name(name)
         record = LabRecord(
             id=secrets.token_hex(6), name=name, created_at=datetime.now(UTC), owner_id=owner_id
         )
-        with self.catalog.session() as session:
+
+        def add(session: Session) -> None:
             repo = LabRepository(session)
             if repo.by_name(name) is not None:
                 raise Conflict(f"a lab named {name} already exists; choose another name")
             repo.add(record)
+
+        await self.catalog.write(add)
         self._publish(record, "created")
         return record
 
@@ -150,7 +155,7 @@ class LabService:
         async with AsyncExitStack() as undo:
             self.intents.record(wanted)  # before the lab exists: a crash leaves it findable
             undo.callback(self.intents.forget, wanted.name)
-            lab = self.create(wanted.name, owner_id)
+            lab = await self.create(wanted.name, owner_id)
             undo.push_async_callback(self._forget_lab, lab)
             await self._build(lab, wanted, undo, start=start)
             undo.pop_all()
