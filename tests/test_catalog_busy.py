@@ -1,5 +1,5 @@
 """The catalog database locked by another process (``BEGIN EXCLUSIVE`` from a ``sqlite3``
-connection of the test's own) while API writes arrive.
+connection of the test's own) while API writes arrive, and while a node's QEMU dies.
 
 A write waits for the lock in a worker thread, so the server keeps answering meanwhile, and
 lands once the lock is released: none is lost. A lock held past the busy timeout is a 503 with
@@ -10,6 +10,8 @@ its row, no image file without its row).
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -74,30 +76,38 @@ def test_writes_wait_for_the_lock_and_land_while_the_server_answers(  # type: ig
     with srv.client() as client:
         base = client.put("/api/images/base.raw", content=image).json()["name"]
         assert client.get("/api/nodes").status_code == 200  # the token's first use is noted
+        # A machine (no bootable disk: the firmware waits) whose death the server must record.
+        dying = client.post("/api/nodes", json={"name": "dies", "image": base, "ram_mb": 64})
+        assert client.post("/api/nodes/dies/start").json()["state"] == "running"
     nodes_dir = data_dir / "nodes"
+    dying_pid = int((nodes_dir / dying.json()["id"] / "qemu.pid").read_text())
 
     with _locked(data_dir), srv.client(timeout=120) as client:
+        os.kill(dying_pid, signal.SIGKILL)  # its `crashed` waits for the lock, in the background
         node, node_result = _in_background(
             srv, lambda c: c.post("/api/nodes", json={"name": "n1", "image": base})
         )
         lab, lab_result = _in_background(srv, lambda c: c.post("/api/labs", json={"name": "l1"}))
         # The node's overlay is made; its row waits for the lock.
-        _until(lambda: any(nodes_dir.glob("*/disk.qcow2")))
+        _until(lambda: len(list(nodes_dir.glob("*/disk.qcow2"))) == 2)
         started = time.monotonic()
         health = client.get("/api/health")
         assert health.status_code == 200, "the event loop answers while writes wait"
         assert time.monotonic() - started < 5
         listed = client.get("/api/nodes")  # readers do not wait for a writer (WAL)
-        assert listed.status_code == 200 and listed.json() == []
+        assert listed.status_code == 200
+        assert [(n["name"], n["state"]) for n in listed.json()] == [("dies", "running")]
         assert node.is_alive() and lab.is_alive(), "the writes wait for the lock"
     node.join(60)
     lab.join(60)
     assert node_result[0].status_code == 201, node_result[0].text
     assert lab_result[0].status_code == 201, lab_result[0].text
     with srv.client() as client:
-        assert [n["name"] for n in client.get("/api/nodes").json()] == ["n1"]
+        assert sorted(n["name"] for n in client.get("/api/nodes").json()) == ["dies", "n1"]
         assert "l1" in [lab["name"] for lab in client.get("/api/labs").json()]
-    assert {p.name for p in nodes_dir.iterdir()} == {node_result[0].json()["id"]}
+        _until(lambda: client.get("/api/nodes/dies").json()["state"] == "crashed")
+    made = {node_result[0].json()["id"], dying.json()["id"]}
+    assert {p.name for p in nodes_dir.iterdir()} == made
 
 
 def test_a_lock_held_past_the_timeout_is_a_503_and_leaves_nothing_half_done(  # type: ignore[no-untyped-def]

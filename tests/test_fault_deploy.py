@@ -64,6 +64,7 @@ def _assert_consistent(srv: Server) -> dict:
 @pytest.mark.parametrize(
     ("point", "nodes", "links", "least_running"),
     [
+        ("node_after_disk", 0, 0, 0),  # a node's directory and disk, no row: swept
         ("deploy_after_node", 1, 0, 0),  # one node made (disk and row), not the other
         ("deploy_after_link", 2, 1, 0),  # both nodes and the link made, nothing started
         # A QEMU runs halted (-S) with its console and links, the node `starting`: at restart

@@ -10,6 +10,7 @@ runs after it, no ``finally``, no undo. The points:
 ``after_intent``          the import's ``publish.json`` written, nothing moved
 ``after_move``            the image is in the store, its row not committed
 ``after_commit``          committed, staging not yet removed
+``node_after_disk``       a node's disk is made, its row not written (a directory without a row)
 ``deploy_after_node``     a lab deploy made its first node (disk and row), not the others
 ``deploy_after_link``     a lab deploy made its first link, not the others
 ``start_before_cont``     a node's QEMU runs halted (``-S``), its console open and its links
@@ -28,8 +29,8 @@ __all__ = ["POINTS", "FaultPoint"]
 
 POINTS = frozenset({
     "during_convert", "after_convert", "before_register", "after_intent", "after_move",
-    "after_commit", "deploy_after_node", "deploy_after_link", "start_before_cont",
-    "lab_after_start",
+    "after_commit", "node_after_disk", "deploy_after_node", "deploy_after_link",
+    "start_before_cont", "lab_after_start",
 })  # fmt: skip
 
 

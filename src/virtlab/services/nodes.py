@@ -175,6 +175,7 @@ class NodeService:
         self._check_name_free(settings.name, lab_id)
         try:
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
+            self.fault("node_after_disk")
             await self.catalog.write(lambda session: NodeRepository(session).add(record))
         except BaseException:
             shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
