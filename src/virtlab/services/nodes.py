@@ -315,7 +315,8 @@ class NodeService:
             await self.driver.kill(record.id)
             await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
-        return await self._set(record.id, NodeState.RUNNING)
+        await self._set_surely(record.id, NodeState.RUNNING)  # it runs: that must be known
+        return self.get(record.id)
 
     async def let_run(self, record: NodeRecord, spec: NodeSpec) -> None:
         """The end of a start, once QEMU runs halted: open the console, wire the links, then
