@@ -31,18 +31,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from virtlab.catalog import NodeRecord
-from virtlab.errors import NotFound
+from virtlab.errors import CatalogBusy, InsufficientStorage, NotFound
 from virtlab.nodes.qemu.process import log_tail, qemu_pid_for
 from virtlab.nodes.state import NodeState
 
 if TYPE_CHECKING:
     from virtlab.services.nodes import NodeService
 
-__all__ = ["paused", "recover", "sweep_directories"]
+__all__ = ["paused", "record_surely", "recover", "sweep_directories"]
 
 log = logging.getLogger("virtlab.nodes")
 
 _ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
+
+
+async def record_surely(
+    nodes: NodeService, node_id: str, state: NodeState, detail: str | None = None
+) -> None:
+    """Record what happened without a request (a crash, a pause, a start that went through):
+    wait out a busy catalog however long it takes, since nobody could try again. A full disk
+    (after the catalog's reserve was given back) is logged: the machine's state stands."""
+    while True:
+        try:
+            await nodes._set(node_id, state, detail)
+            return
+        except CatalogBusy as exc:
+            log.warning("node %s is %s; recording it waits for the catalog: %s",
+                        node_id, state.value, exc)  # fmt: skip
+        except InsufficientStorage as exc:
+            log.error("node %s is %s, but the catalog cannot record it: %s",
+                      node_id, state.value, exc)  # fmt: skip
+            return
 
 
 async def paused(nodes: NodeService, node_id: str, reason: str) -> None:
@@ -65,7 +84,7 @@ async def paused(nodes: NodeService, node_id: str, reason: str) -> None:
             "fix the data directory's disk, then resume it"
         )
     with contextlib.suppress(KeyError):  # deleted meanwhile
-        await nodes._set_surely(node_id, NodeState.SUSPENDED, why)
+        await record_surely(nodes, node_id, NodeState.SUSPENDED, why)
 
 
 def sweep_directories(nodes_dir: Path, known: set[str]) -> list[str]:

@@ -25,7 +25,7 @@ from virtlab._util.faults import FaultPoint
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
-from virtlab.errors import CatalogBusy, Conflict, InsufficientStorage, InvalidRequest, NotFound
+from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.spec import (
@@ -39,7 +39,7 @@ from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.images import ImageService
-from virtlab.services.node_faults import paused, recover
+from virtlab.services.node_faults import paused, record_surely, recover
 from virtlab.services.node_settings import NodeSettings, nic_specs
 
 __all__ = ["NodeService", "NodeSettings"]
@@ -241,21 +241,6 @@ class NodeService:
         self.publish(record)
         return record
 
-    async def _set_surely(self, node_id: str, state: NodeState, detail: str | None = None) -> None:
-        """``_set`` for what happened without a request (a crash, a pause): waits out a busy
-        catalog for as long as it takes, since nobody could try again."""
-        while True:
-            try:
-                await self._set(node_id, state, detail)
-                return
-            except CatalogBusy as exc:
-                log.warning("node %s is %s; recording it waits for the catalog: %s",
-                            node_id, state.value, exc)  # fmt: skip
-            except InsufficientStorage as exc:
-                log.error("node %s is %s, but the catalog cannot record it: %s",
-                          node_id, state.value, exc)  # fmt: skip
-                return
-
     def publish(self, record: NodeRecord, *, deleted: bool = False) -> None:
         if self.events is not None:
             self.events.publish(
@@ -315,7 +300,7 @@ class NodeService:
             await self.driver.kill(record.id)
             await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
-        await self._set_surely(record.id, NodeState.RUNNING)  # it runs: that must be known
+        await record_surely(self, record.id, NodeState.RUNNING)  # it runs: that must be known
         return self.get(record.id)
 
     async def let_run(self, record: NodeRecord, spec: NodeSpec) -> None:
@@ -394,7 +379,7 @@ class NodeService:
     async def _on_exit(self, node_id: str, state: NodeState, detail: str) -> None:
         await self.consoles.close(node_id)
         try:
-            await self._set_surely(node_id, state, detail)
+            await record_surely(self, node_id, state, detail)
         except KeyError:
             return  # deleted meanwhile
         if state is NodeState.CRASHED:
