@@ -23,6 +23,7 @@ to what, and what to do next. The API maps each class to an HTTP status through
      │    ├── CorruptImage         damaged: truncated, bad tables            (422)
      │    └── TooLarge             past a size cap (upload, expanded, virtual)(413)
      ├── InsufficientStorage       the data directory's disk is full         (507)
+     ├── CatalogBusy               the catalog database stayed locked        (503)
      └── ToolFailure               an external tool failed unexpectedly      (500)
 
 Failures carry their evidence as attributes (the tool's argv, exit code, stderr tail) so that
@@ -34,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "CatalogBusy",
     "Conflict",
     "CorruptImage",
     "Forbidden",
@@ -137,6 +139,15 @@ class TooLarge(ImageRejected):
 
 class InsufficientStorage(VirtlabError):
     """The data directory's file system ran out of space."""
+
+
+class CatalogBusy(VirtlabError):
+    """The catalog database stayed locked by another writer past the busy timeout; nothing was
+    changed. Try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ToolFailure(VirtlabError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
+from virtlab._util.faults import FaultPoint
 from virtlab._util.loopwatch import LoopWatch
 from virtlab._util.proc import Limits
 from virtlab.catalog import Catalog
@@ -28,6 +29,7 @@ from virtlab.nodes.spec import Accel
 from virtlab.services.boot_test import BootTester
 from virtlab.services.checkpoints import CheckpointService
 from virtlab.services.consoles import ConsoleManager
+from virtlab.services.deploy_intents import DeployIntents
 from virtlab.services.events import EventBus
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
@@ -71,7 +73,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        catalog = Catalog(settings.resolved_database_url)
+        catalog = Catalog(
+            settings.resolved_database_url, busy_timeout=settings.catalog_busy_timeout
+        )
         store = ImageStore(settings.images_dir, settings.staging_dir)
         qemu_img = QemuImg(
             info_limits=Limits(settings.qemu_img_cpu_seconds, settings.qemu_img_address_space),
@@ -85,6 +89,7 @@ class Runtime:
             fault_point=settings.fault_point,
         )
         events = EventBus()
+        fault = FaultPoint(settings.fault_point)
         images = ImageService(
             catalog=catalog,
             store=store,
@@ -109,7 +114,7 @@ class Runtime:
         runtime.nodes = NodeService(
             catalog=catalog, images=images, driver=QemuDriver(qemu_img=qemu_img),
             consoles=consoles, nodes_dir=settings.nodes_dir, accel=runtime.accel,
-            stop_timeout=settings.stop_timeout, events=events,
+            stop_timeout=settings.stop_timeout, events=events, fault=fault,
             quota=NodeQuota(catalog, settings.max_nodes_per_user),
             memory=RamLedger(memory_budget(settings)),
         )  # fmt: skip
@@ -123,8 +128,9 @@ class Runtime:
             captures_dir=settings.data_dir / "captures", events=events,
         )  # fmt: skip
         runtime.labs = LabService(
-            catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events
-        )
+            catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events,
+            intents=DeployIntents(settings.data_dir / "deploys"), fault=fault,
+        )  # fmt: skip
         runtime.checkpoints = CheckpointService(
             catalog=catalog, nodes=runtime.nodes, labs=runtime.labs, events=events
         )
@@ -161,6 +167,7 @@ class Runtime:
         await self.nodes.adopt_all()
         await self.checkpoints.reconcile()
         await self.links.restore()
+        self.labs.recover()
 
     def _start_catalog(self) -> None:
         self.settings.check_socket_paths()
@@ -169,6 +176,7 @@ class Runtime:
         self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()
         self.catalog.migrate()
+        self.catalog.keep_reserve()
         given = self.settings.admin_password  # a SecretStr: never shown in a repr or a log
         generated = self.users.bootstrap(given.get_secret_value() if given else None)
         if generated is not None:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8080
+    # How long a catalog write waits for another writer's lock (SQLite) before it is refused
+    # with 503 and Retry-After; the wait happens in a worker thread, never on the event loop.
+    catalog_busy_timeout: float = Field(default=30.0, gt=0, le=600)
 
     # Import limits.
     max_upload_bytes: int = 256 * GiB
@@ -95,7 +98,8 @@ class Settings(BaseSettings):
     loop_stall_ms: float = Field(default=100.0, ge=0)
 
     # Testing aid: kill the server (SIGKILL, as a power cut would) at a named point of the
-    # import pipeline. Used only by the crash-safety tests; see virtlab.images.importer.
+    # import pipeline or of a lab's deploy and start. Used only by the crash-safety tests; the
+    # points are listed in virtlab._util.faults.
     fault_point: str | None = None
 
     @property

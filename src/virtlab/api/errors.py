@@ -54,6 +54,7 @@ STATUS: list[tuple[type[errors.VirtlabError], int]] = [
     (errors.ImageRejected, 422),
     (errors.InvalidRequest, 400),
     (errors.InsufficientStorage, 507),
+    (errors.CatalogBusy, 503),
     (errors.ToolFailure, 500),
     (errors.VirtlabError, 500),
 ]
@@ -70,7 +71,7 @@ def install(app: FastAPI) -> None:
         if code >= 500:
             log.error("%s: %s (argv=%s)", type(exc).__name__, exc, getattr(exc, "argv", ""))
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-        if isinstance(exc, errors.TooManyAttempts | errors.TooManyImports):
+        if isinstance(exc, errors.TooManyAttempts | errors.TooManyImports | errors.CatalogBusy):
             headers = {"Retry-After": str(exc.retry_after)}
         response = JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
         if isinstance(conn, WebSocket):

@@ -1,17 +1,47 @@
-"""The database engine, its migrations, and sessions."""
+"""The database engine, its migrations, and sessions.
+
+SQLite (the default) runs in WAL mode: readers never wait for a writer, and a writer waits for
+another one (another process, or ``sqlite3`` at a shell) up to ``busy_timeout`` seconds. That
+wait blocks the thread it happens in, so code on the event loop writes through
+:meth:`Catalog.write`, which runs the session in a worker thread. A lock held past the timeout
+is :class:`~virtlab.errors.CatalogBusy` (503, nothing changed); a full disk is
+:class:`~virtlab.errors.InsufficientStorage` (507, nothing changed).
+
+A full disk must not keep the server from recording what happened (a node paused because its
+disk filled DATA up): a SQLite catalog keeps a reserve file beside it
+(``.catalog-reserve``, 4 MiB, made while there is room), which :meth:`Catalog.write` gives
+back to the file system when a write finds the disk full, then tries once more.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Catalog"]
+from virtlab.errors import CatalogBusy, InsufficientStorage
+
+__all__ = ["RESERVE_BYTES", "Catalog"]
+
+log = logging.getLogger("virtlab.catalog")
+
+RESERVE_BYTES = 4 << 20  # room kept for the catalog to record changes on a full disk
+
+T = TypeVar("T")
+
+_LOCKED = ("database is locked", "database table is locked", "database is busy")
+_FULL = ("database or disk is full", "disk I/O error")
 
 
 def _normalise(url: str) -> str:
@@ -24,11 +54,15 @@ def _normalise(url: str) -> str:
 class Catalog:
     """Owns the engine; ``migrate()`` brings the schema to the latest revision."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout: float = 30.0, reserve_bytes: int = RESERVE_BYTES
+    ) -> None:
         self.url = _normalise(url)
+        self.busy_timeout = busy_timeout
+        self.reserve_bytes = reserve_bytes
         kwargs: dict = {}
         if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
             # Keep a connection per thread that may query at once (request workers, the event
             # loop, asyncio's threads): a connection made anew costs its pragmas each time.
             if not _in_memory(self.url):
@@ -46,6 +80,12 @@ class Catalog:
                 event.listen(self._relaxed_engine, "connect", _sqlite_relaxed_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._relaxed_sessions = sessionmaker(self._relaxed_engine, expire_on_commit=False)
+        database = self.engine.url.database if self.url.startswith("sqlite") else None
+        self.reserve: Path | None = (
+            Path(database).parent / ".catalog-reserve"
+            if database and database != ":memory:" and reserve_bytes > 0
+            else None
+        )
 
     def migrate(self) -> None:
         cfg = Config()
@@ -67,15 +107,86 @@ class Catalog:
         (the start-up re-adoption asks the processes): its commit survives a killed server,
         not a power cut, and does not wait for the disk, which takes milliseconds per commit
         on a small host, twice in every node start.
-        """
-        if durable:
-            with self._sessions.begin() as session:
+
+        Blocks the calling thread while another writer holds the database; on the event loop,
+        write through :meth:`write` instead."""
+        try:
+            if durable:
+                with self._sessions.begin() as session:
+                    yield session
+                return
+            with self._relaxed_sessions.begin() as session:
+                if self._postgres:
+                    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 yield session
+        except OperationalError as exc:
+            raise self._translate(exc) from exc
+
+    async def write(self, work: Callable[[Session], T], *, durable: bool = True) -> T:
+        """``work(session)`` in one transaction, in a worker thread: waiting for another
+        writer's lock never blocks the event loop. On SQLite the transaction takes the write
+        lock first (``BEGIN IMMEDIATE``), so a read-then-write never fails half-way because
+        another writer went in between."""
+
+        def attempt() -> T:
+            with self.session(durable=durable) as session:
+                if self.url.startswith("sqlite"):
+                    session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+                return work(session)
+
+        def run() -> T:
+            try:
+                result = attempt()
+            except InsufficientStorage:
+                if not self._release_reserve():
+                    raise
+                result = attempt()
+            self.keep_reserve()
+            return result
+
+        return await asyncio.to_thread(run)
+
+    def keep_reserve(self) -> None:
+        """Make the reserve file if it is missing and the disk has room to spare for it."""
+        if self.reserve is None or self.reserve.exists():
             return
-        with self._relaxed_sessions.begin() as session:
-            if self._postgres:
-                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            yield session
+        try:
+            stat = os.statvfs(self.reserve.parent)
+            if stat.f_bavail * stat.f_frsize < 4 * self.reserve_bytes:
+                return
+            part = self.reserve.with_name(f"{self.reserve.name}.part")
+            with part.open("wb") as f:
+                os.posix_fallocate(f.fileno(), 0, self.reserve_bytes)
+            part.replace(self.reserve)
+        except OSError as exc:
+            log.warning("could not keep the catalog's reserve %s: %s", self.reserve, exc)
+
+    def _release_reserve(self) -> bool:
+        if self.reserve is None or not self.reserve.exists():
+            return False
+        log.warning(
+            "the data directory's disk is full: gave back the catalog's reserve (%d MiB) to "
+            "record a change; free some space", self.reserve_bytes >> 20,
+        )  # fmt: skip
+        self.reserve.unlink(missing_ok=True)
+        return True
+
+    def _translate(self, exc: OperationalError) -> Exception:
+        said = str(exc.orig) if exc.orig is not None else str(exc)
+        if any(marker in said for marker in _LOCKED):
+            return CatalogBusy(
+                f"the catalog database stayed locked by another writer for more than "
+                f"{self.busy_timeout:g} s ({said}); nothing was changed. Try again in a moment; "
+                "if it lasts, find what holds the lock (a `sqlite3` shell or a backup left open "
+                "on DATA/catalog.sqlite3: `fuser DATA/catalog.sqlite3`)",
+                retry_after=max(1, round(self.busy_timeout / 2)),
+            )
+        if any(marker in said for marker in _FULL):
+            return InsufficientStorage(
+                f"the catalog database could not be written ({said}): the data directory's "
+                "disk is full; nothing was changed. Free some space and try again"
+            )
+        return exc
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -10,14 +10,13 @@ passed; the staging directory is removed whatever happens. Runs in a worker thre
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from virtlab._util.faults import FaultPoint
 from virtlab.catalog import Catalog, ImageRecord, ImageRepository
 from virtlab.errors import CorruptImage, ToolFailure, UnsafeImage
 from virtlab.images.formats import ImageFormat
@@ -65,6 +64,7 @@ class Importer:
         self.qemu_img = qemu_img
         self.limits = limits
         self.fault_point = fault_point
+        self._fault = FaultPoint(fault_point)
 
     def run(
         self,
@@ -212,14 +212,17 @@ class Importer:
             records.append(self._record(item, name, received, source_name))
         self.store.record_intent(staging, [r.path for r in records])
         self._fault("after_intent")
-        with ExitStack() as undo, self.catalog.session() as session:
-            repo = ImageRepository(session)
-            for item, record in zip(prepared, records, strict=True):
-                repo.add(record)
-                self.store.move_into_place(item.file, record.path)
-                undo.callback(self.store.unpublish, record.path)
-                self._fault("after_move")
-            undo.pop_all()  # the rows commit as the session block ends
+        with ExitStack() as undo:
+            with self.catalog.session() as session:
+                repo = ImageRepository(session)
+                for item, record in zip(prepared, records, strict=True):
+                    repo.add(record)
+                    self.store.move_into_place(item.file, record.path)
+                    undo.callback(self.store.unpublish, record.path)
+                    self._fault("after_move")
+            # Committed: the files stay. A commit that fails (a busy catalog, a full disk)
+            # takes them back out first.
+            undo.pop_all()
         self._fault("after_commit")
         return records
 
@@ -259,11 +262,6 @@ class Importer:
         job.advance(percent)
         if percent >= 10:
             self._fault("during_convert")
-
-    def _fault(self, point: str) -> None:
-        """Die here as a power cut would, when the crash-safety tests ask for it."""
-        if self.fault_point == point:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:

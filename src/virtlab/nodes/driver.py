@@ -2,7 +2,9 @@
 
 A driver runs machines; it knows nothing of the catalog, names or HTTP. The node service tells
 it what to run (a ``NodeSpec``) and hears back through ``on_exit`` when a machine ends, saying
-whether it was asked to (``stopped``) or not (``crashed``, with the tail of its log).
+whether it was asked to (``stopped``) or not (``crashed``, with the tail of its log), and
+through ``on_pause`` when a machine paused itself on a disk error (a full disk: QEMU stops the
+guest rather than fail its write; ``resume`` retries it).
 ``tests/test_node_driver_contract.py`` runs one suite against both implementations.
 
 Checkpoints live in the node's disk: ``checkpoint`` saves one from a running machine,
@@ -24,10 +26,16 @@ from virtlab.nodes.checkpoints import SavedState
 from virtlab.nodes.spec import NodeSpec
 from virtlab.nodes.state import NodeState
 
-__all__ = ["FAKE_QEMU_VERSION", "ExitCallback", "FakeDriver", "NodeDriver", "PNG_1x1"]
+__all__ = [
+    "FAKE_QEMU_VERSION", "ExitCallback", "FakeDriver", "NodeDriver", "PNG_1x1", "PauseCallback",
+]  # fmt: skip
 
 ExitCallback = Callable[[str, NodeState, str], Awaitable[None]]
 """``(node_id, stopped|crashed, detail)``: detail is the log tail when it crashed."""
+
+PauseCallback = Callable[[str, str], Awaitable[None]]
+"""``(node_id, reason)``: the machine paused itself; ``reason`` is ``nospace`` when its disk's
+file system is full (QEMU's ``werror=enospc``), else the I/O error QEMU reported."""
 
 
 class NodeDriver(abc.ABC):
@@ -37,10 +45,15 @@ class NodeDriver(abc.ABC):
 
     def __init__(self) -> None:
         self.on_exit: ExitCallback | None = None
+        self.on_pause: PauseCallback | None = None
 
     async def _exited(self, node_id: str, state: NodeState, detail: str = "") -> None:
         if self.on_exit is not None:
             await self.on_exit(node_id, state, detail)
+
+    async def _paused(self, node_id: str, reason: str) -> None:
+        if self.on_pause is not None:
+            await self.on_pause(node_id, reason)
 
     @abc.abstractmethod
     async def create_disk(self, spec: NodeSpec, base: Path | None, size_mb: int | None) -> None:

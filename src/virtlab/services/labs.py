@@ -3,18 +3,24 @@ destroy, export back to YAML, graph.
 
 Deploy is a transaction over machines: every node, disk and link it makes registers its undo on
 a stack, and a failure half-way unwinds the stack, so a failed deploy leaves nothing behind.
-Deploying the same file again changes nothing.
+Deploying the same file again changes nothing. A deploy the server died in (no undo ran) is
+left as far as it got, with its intent recorded (``deploy_intents``): the same file again
+makes what is missing and finishes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.orm import Session
+
+from virtlab._util.faults import FaultPoint
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.labs import DEFAULT_LAB_ID, LabRecord, LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
@@ -22,6 +28,7 @@ from virtlab.links.impairment import Impairment
 from virtlab.nodes.names import validate_name
 from virtlab.nodes.spec import DiskBus, NicModel
 from virtlab.nodes.state import NodeState
+from virtlab.services.deploy_intents import DeployIntents
 from virtlab.services.events import EventBus
 from virtlab.services.links import LinkService
 from virtlab.services.nodes import NodeService, NodeSettings
@@ -43,6 +50,8 @@ from virtlab.topology import (
 
 __all__ = ["LabService", "LabSummary"]
 
+log = logging.getLogger("virtlab.labs")
+
 _START_CONCURRENCY = 4
 _ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
 
@@ -57,12 +66,14 @@ class LabSummary:
 class LabService:
     def __init__(
         self, *, catalog: Catalog, nodes: NodeService, links: LinkService,
-        events: EventBus | None = None,
+        events: EventBus | None = None, intents: DeployIntents, fault: FaultPoint | None = None,
     ) -> None:  # fmt: skip
         self.catalog = catalog
         self.nodes = nodes
         self.links = links
         self.events = events
+        self.intents = intents
+        self.fault = fault or FaultPoint()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -85,17 +96,20 @@ class LabService:
 
     # -- making -------------------------------------------------------------------------------
 
-    def create(self, name: str, owner_id: str | None = None) -> LabRecord:
+    async def create(self, name: str, owner_id: str | None = None) -> LabRecord:
         """An empty lab; ``owner_id``: the user it belongs to (None: admins only)."""
         validate_name(name)
         record = LabRecord(
             id=secrets.token_hex(6), name=name, created_at=datetime.now(UTC), owner_id=owner_id
         )
-        with self.catalog.session() as session:
+
+        def add(session: Session) -> None:
             repo = LabRepository(session)
             if repo.by_name(name) is not None:
                 raise Conflict(f"a lab named {name} already exists; choose another name")
             repo.add(record)
+
+        await self.catalog.write(add)
         self._publish(record, "created")
         return record
 
@@ -104,7 +118,8 @@ class LabService:
         owner_id: str | None = None, may_touch: Callable[[LabRecord], bool] | None = None,
     ) -> tuple[LabRecord, bool]:  # fmt: skip
         """Make the lab the file describes; ``(lab, changed)``. All or nothing. A new lab
-        belongs to ``owner_id``; an existing one is redeployed only if ``may_touch`` it."""
+        belongs to ``owner_id``; an existing one is redeployed only if ``may_touch`` it. The
+        same file again after a deploy the server died in finishes that deploy."""
         wanted = load_lab(text, image_override=image)
         with self.catalog.session() as session:
             existing = LabRepository(session).by_name(wanted.name)
@@ -113,22 +128,42 @@ class LabService:
                 f"the lab name {wanted.name} is taken (lab names are unique on this server); "
                 "choose another name"
             )
-        if existing is not None:
-            if self.resolved(existing) == wanted.canonical():
-                if start:
-                    await self.start(existing.name)
-                return existing, False
-            raise Conflict(
-                f"lab {wanted.name} exists and differs from this file; `virtlab lab destroy "
-                f"{wanted.name}` first, or edit it through the API"
-            )
+        if existing is None:
+            with self._limits(wanted, set(), owner_id, start) as made:
+                lab = await self._deploy_new(wanted, start=start, owner_id=owner_id, made=made)
+            return lab, True
+        interrupted = self.intents.matches(wanted)
+        if self.resolved(existing) == wanted.canonical():
+            if start:
+                await self.start(existing.name)
+            if interrupted:  # every node and link was made before the server died
+                await self._finish(existing, wanted)
+            return existing, interrupted
+        if interrupted:
+            have = {n.name for n in self.summary(existing).nodes}
+            with self._limits(wanted, have, existing.owner_id, start) as made:
+                async with AsyncExitStack() as undo:  # undoes only what this call makes
+                    await self._build(existing, wanted, undo, start=start, made=made)
+                    undo.pop_all()
+            self._publish(existing, "deployed")
+            return existing, True
+        raise Conflict(
+            f"lab {wanted.name} exists and differs from this file; `virtlab lab destroy "
+            f"{wanted.name}` first, or edit it through the API"
+        )
+
+    def _limits(
+        self, wanted: ResolvedLab, have: set[str], owner_id: str | None, start: bool
+    ) -> AbstractContextManager[Callable[[], None]]:
+        """Refuse up front, before anything is made, a lab that could not run (RAM) or whose
+        missing nodes would pass its owner's node limit; else hold those nodes' places."""
         machines = [n for n in wanted.nodes if not n.is_nat]  # a NAT node is no machine
+        missing = [n for n in machines if n.name not in have]
         what = f"lab {wanted.name} ({len(machines)} nodes)"
-        if start:  # refused up front when it cannot run; the start itself holds the RAM
+        if start:  # the start itself holds the RAM
             ram = {f"{wanted.name}:{n.name}": n.ram_mb for n in machines}
             self.nodes.check_ram(ram, f"{what}, {sum(ram.values())} MiB")
-        with self._reserve_nodes(owner_id, len(machines), what) as made:
-            return await self._deploy(wanted, owner_id, start, made)
+        return self._reserve_nodes(owner_id, len(missing), what)
 
     def _reserve_nodes(
         self, owner_id: str | None, count: int, what: str
@@ -137,35 +172,59 @@ class LabService:
             return nullcontext(lambda: None)
         return self.nodes.quota.reserve(owner_id, count, what)
 
-    async def _deploy(
-        self, wanted: ResolvedLab, owner_id: str | None, start: bool, made: Callable[[], None]
-    ) -> tuple[LabRecord, bool]:
-        user_nets = _user_nets(wanted)
+    async def _deploy_new(
+        self, wanted: ResolvedLab, *, start: bool, owner_id: str | None, made: Callable[[], None]
+    ) -> LabRecord:
+        validate_name(wanted.name)
         async with AsyncExitStack() as undo:
-            lab = self.create(wanted.name, owner_id)
+            self.intents.record(wanted)  # before the lab exists: a crash leaves it findable
+            undo.callback(self.intents.forget, wanted.name)
+            lab = await self.create(wanted.name, owner_id)
             undo.push_async_callback(self._forget_lab, lab)
-            for node in wanted.nodes:
-                if node.is_nat:
-                    continue  # no machine: its linked peer gets user-mode networking
-                settings = _settings(node, lab.name, user_nets.get(node.name, {}))
-                record = await self.nodes.create(settings, reserved=made)
-                undo.push_async_callback(self._forget_node, record.id)
-            nat_names = {n.name for n in wanted.nodes if n.is_nat}
-            for link in wanted.links:
-                if link.a.node in nat_names or link.b.node in nat_names:
-                    continue  # made by the peer's user-mode NIC
-                made = await self.links.add(
-                    lab.name, str(link.a), str(link.b), state=link.state.value,
-                    impairment=_impairment_dict(link),
-                )  # fmt: skip
-                undo.push_async_callback(self.links.remove, made.id)
-            if start:
-                await self.start(lab.name)
-            with self.catalog.session() as session:
-                LabRepository(session).set_topology(lab.id, export_yaml(wanted))
+            await self._build(lab, wanted, undo, start=start, made=made)
             undo.pop_all()
         self._publish(lab, "deployed")
-        return lab, True
+        return lab
+
+    async def _build(
+        self, lab: LabRecord, wanted: ResolvedLab, undo: AsyncExitStack, *, start: bool,
+        made: Callable[[], None],
+    ) -> None:  # fmt: skip
+        """Make the nodes and links of ``wanted`` that ``lab`` lacks, start it, record it."""
+        have_nodes = {n.name for n in self.summary(lab).nodes}
+        user_nets = _user_nets(wanted)
+        for node in wanted.nodes:
+            if node.is_nat or node.name in have_nodes:
+                continue  # a NAT node has no machine: its linked peer gets user-mode networking
+            settings = _settings(node, lab.name, user_nets.get(node.name, {}))
+            record = await self.nodes.create(settings, reserved=made)
+            undo.push_async_callback(self._forget_node, record.id)
+            self.fault("deploy_after_node")
+        names = {n.id: n.name for n in self.summary(lab).nodes}
+        have_links = {
+            frozenset((f"{names[k.a_node]}:eth{k.a_iface}", f"{names[k.b_node]}:eth{k.b_iface}"))
+            for k in self.links.list(lab.id)
+        }  # fmt: skip
+        nat_names = {n.name for n in wanted.nodes if n.is_nat}
+        for link in wanted.links:
+            if link.a.node in nat_names or link.b.node in nat_names:
+                continue  # made by the peer's user-mode NIC
+            if frozenset((str(link.a), str(link.b))) in have_links:
+                continue
+            made = await self.links.add(
+                lab.name, str(link.a), str(link.b), state=link.state.value,
+                impairment=_impairment_dict(link),
+            )  # fmt: skip
+            undo.push_async_callback(self.links.remove, made.id)
+            self.fault("deploy_after_link")
+        if start:
+            await self.start(lab.name)
+        await self._finish(lab, wanted)
+
+    async def _finish(self, lab: LabRecord, wanted: ResolvedLab) -> None:
+        text = export_yaml(wanted)
+        await self.catalog.write(lambda s: LabRepository(s).set_topology(lab.id, text))
+        self.intents.forget(wanted.name)
 
     async def _forget_node(self, node_id: str) -> None:
         record = self.nodes.get(node_id)
@@ -174,8 +233,21 @@ class LabService:
         await self.nodes.delete(node_id)
 
     async def _forget_lab(self, lab: LabRecord) -> None:
+        await self.catalog.write(lambda session: LabRepository(session).remove(lab.id))
+
+    def recover(self) -> None:
+        """At start-up: forget the deploy intents of labs that were never made; name the labs
+        whose deploy the server died in (the same file again finishes them)."""
         with self.catalog.session() as session:
-            LabRepository(session).remove(lab.id)
+            names = {lab.name for lab in LabRepository(session).list()}
+        for name in self.intents.names():
+            if name not in names:
+                self.intents.forget(name)
+            else:
+                log.warning(
+                    "the deploy of lab %s was cut short by a server stop; deploy the same file "
+                    "again to finish it, or destroy the lab", name,
+                )  # fmt: skip
 
     # -- running ------------------------------------------------------------------------------
 
@@ -191,7 +263,9 @@ class LabService:
 
         async def one(node: NodeRecord) -> NodeRecord:
             async with gate:
-                return await self.nodes.start(node.id)
+                started = await self.nodes.start(node.id)
+            self.fault("lab_after_start")
+            return started
 
         ram = {n.id: n.ram_mb for n in todo}
         what = f"lab {lab.name} ({len(todo)} nodes, {sum(ram.values())} MiB)"
@@ -216,6 +290,7 @@ class LabService:
             await self._forget_node(node.id)
         if lab.id != DEFAULT_LAB_ID:
             await self._forget_lab(lab)
+        self.intents.forget(lab.name)
         self._publish(lab, "destroyed")
         return lab
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import shutil
 import time
@@ -28,6 +29,8 @@ from virtlab.services.events import EventBus
 from virtlab.services.nodes import NodeService
 
 __all__ = ["LinkService", "parse_endpoint"]
+
+log = logging.getLogger("virtlab.links")
 
 _ENDPOINT = re.compile(r"^(?P<node>[^:]+):eth(?P<index>\d{1,2})$")
 _DIRECTIONS = ("a_to_b", "b_to_a")
@@ -317,11 +320,15 @@ class LinkService:
             await self.remove(link.id)
 
     async def restore(self) -> None:
-        """At start-up: relays for the links that need one (captures continue in a new file)."""
+        """At start-up: every link wired as its row says (a server that died while making one
+        may have left it unwired), relays for the links that need one (captures continue in a
+        new file)."""
         async with self._lock:
             for link in self.list():
-                if self._needs_relay(link):
+                try:
                     await self._settle(link)
+                except Conflict as exc:
+                    log.warning("link %s could not be wired again: %s", link.id, exc)
 
     async def close(self) -> None:
         for link_id in list(self._relays):

@@ -17,10 +17,11 @@ import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from virtlab._util.faults import FaultPoint
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
@@ -28,7 +29,6 @@ from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.memory import RamLedger
-from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import (
     Accel,
     DiskBus,
@@ -41,6 +41,7 @@ from virtlab.services.consoles import ConsoleManager
 from virtlab.services.events import EventBus
 from virtlab.services.images import ImageService
 from virtlab.services.limits import NodeQuota
+from virtlab.services.node_faults import paused, record_surely, recover
 from virtlab.services.node_settings import NodeSettings, nic_specs
 
 __all__ = ["NodeService", "NodeSettings"]
@@ -74,6 +75,7 @@ class NodeService:
     events: EventBus | None = None
     quota: NodeQuota | None = None  # nodes per user
     memory: RamLedger | None = None  # RAM promised against the host's memory
+    fault: FaultPoint = field(default_factory=FaultPoint)
 
     def __post_init__(self) -> None:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -85,6 +87,7 @@ class NodeService:
         self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.checkpoints_of: Callable[[str], list[str]] = lambda _id: []  # set by checkpoints
         self.driver.on_exit = self._on_exit
+        self.driver.on_pause = self._on_pause
         self.images.users_of = self.users_of
 
     # -- reading ------------------------------------------------------------------------------
@@ -202,8 +205,8 @@ class NodeService:
         self._names_making.add((lab_id, settings.name))
         try:
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
-            with self.catalog.session() as session:
-                NodeRepository(session).add(record)
+            self.fault("node_after_disk")
+            await self.catalog.write(lambda session: NodeRepository(session).add(record))
             made()
         except BaseException:
             shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
@@ -229,8 +232,10 @@ class NodeService:
         position = changes.pop("position", None)
         if position is not None:  # moving a node on the canvas is fine in any state
             x, y = position  # type: ignore[misc]
-            with self.catalog.session() as session:
-                record = NodeRepository(session).update(record.id, position_x=x, position_y=y)
+            node_id = record.id
+            record = await self.catalog.write(
+                lambda session: NodeRepository(session).update(node_id, position_x=x, position_y=y)
+            )
         if not changes:
             return record
         async with self._locks[record.id]:
@@ -253,17 +258,21 @@ class NodeService:
                 else getattr(wanted, k)
                 for k in changes
             }  # fmt: skip
-            with self.catalog.session() as session:
-                return NodeRepository(session).update(record.id, **fields)
+            node_id = record.id
+            return await self.catalog.write(
+                lambda session: NodeRepository(session).update(node_id, **fields)
+            )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _set(self, node_id: str, state: NodeState, detail: str | None = None) -> NodeRecord:
+    async def _set(self, node_id: str, state: NodeState, detail: str | None = None) -> NodeRecord:
         fields: dict[str, object] = {"state": state.value}
         if detail is not None:
             fields["detail"] = detail
-        with self.catalog.session(durable=False) as session:  # start-up re-adoption re-derives it
-            record = NodeRepository(session).update(node_id, **fields)
+        # a state: the start-up re-adoption derives it again, so it need not wait for the disk
+        record = await self.catalog.write(
+            lambda session: NodeRepository(session).update(node_id, **fields), durable=False
+        )
         self.publish(record)
         return record
 
@@ -333,34 +342,41 @@ class NodeService:
             return await self._launch(record, spec)
 
     async def _launch(self, record: NodeRecord, spec: NodeSpec) -> NodeRecord:
-        self._set(record.id, NodeState.STARTING, "")
+        await self._set(record.id, NodeState.STARTING, "")
         try:
             # QEMU starts with its vCPUs halted (-S): the console hub connects and the
             # links are set before the guest prints its first byte or sends its first frame.
             await self.driver.start(spec)
         except BaseException as exc:
-            self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
+            await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
         try:
-            await self.consoles.open(record, spec)
-            if self.after_start is not None:
-                await self.after_start(record)
-            await self.driver.resume(record.id)
+            await self.let_run(record, spec)
         except BaseException as exc:
             await self.driver.kill(record.id)
-            self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
+            await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
-        return self._set(record.id, NodeState.RUNNING)
+        await record_surely(self, record.id, NodeState.RUNNING)  # it runs: that must be known
+        return self.get(record.id)
+
+    async def let_run(self, record: NodeRecord, spec: NodeSpec) -> None:
+        """The end of a start, once QEMU runs halted: open the console, wire the links, then
+        let the vCPUs run (also how a start the server died in is finished at start-up)."""
+        await self.consoles.open(record, spec)
+        if self.after_start is not None:
+            await self.after_start(record)
+        self.fault("start_before_cont")
+        await self.driver.resume(record.id)
 
     async def stop(self, ref: str, timeout: float | None = None) -> NodeRecord:
         record = self.get(ref)
         async with self._locks[record.id]:
             await self._transition(record.id, Action.STOP)
-            self._set(record.id, NodeState.STOPPING)
+            await self._set(record.id, NodeState.STOPPING)
             grace = self.stop_timeout if timeout is None else timeout
             if not await self.driver.stop(record.id, grace):
                 note = f"the guest did not power off within {grace:g} s; it was stopped hard"
-                return self._set(record.id, NodeState.STOPPED, note)
+                return await self._set(record.id, NodeState.STOPPED, note)
             return self.get(record.id)
 
     async def kill(self, ref: str) -> NodeRecord:
@@ -379,14 +395,14 @@ class NodeService:
         async with self._locks[record.id]:
             await self._transition(record.id, Action.SUSPEND)
             await self.driver.suspend(record.id)
-            return self._set(record.id, NodeState.SUSPENDED)
+            return await self._set(record.id, NodeState.SUSPENDED)
 
     async def resume(self, ref: str) -> NodeRecord:
         record = self.get(ref)
         async with self._locks[record.id]:
             await self._transition(record.id, Action.RESUME)
             await self.driver.resume(record.id)
-            return self._set(record.id, NodeState.RUNNING)
+            return await self._set(record.id, NodeState.RUNNING, "")
 
     async def wipe(self, ref: str) -> NodeRecord:
         record = self.get(ref)
@@ -396,7 +412,7 @@ class NodeService:
             base = None if image.kind == ImageKind.CDROM else self.images.store.absolute(image.path)
             self._refuse_if_checkpoints(record, "wipe", ["the disk"])
             await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
-            return self._set(record.id, NodeState.STOPPED, "")
+            return await self._set(record.id, NodeState.STOPPED, "")
 
     async def delete(self, ref: str) -> NodeRecord:
         record = self.get(ref)
@@ -405,8 +421,8 @@ class NodeService:
             if self.before_delete is not None:
                 await self.before_delete(record)
             await self.consoles.close(record.id)
-            with self.catalog.session() as session:
-                NodeRepository(session).remove(record.id)
+            node_id = record.id
+            await self.catalog.write(lambda session: NodeRepository(session).remove(node_id))
             shutil.rmtree(self.nodes_dir / record.id, ignore_errors=True)
         self._locks.pop(record.id, None)
         self.publish(record, deleted=True)
@@ -419,31 +435,21 @@ class NodeService:
     async def _on_exit(self, node_id: str, state: NodeState, detail: str) -> None:
         await self.consoles.close(node_id)
         try:
-            record = self._set(node_id, state, detail)
+            await record_surely(self, node_id, state, detail)
         except KeyError:
             return  # deleted meanwhile
         if state is NodeState.CRASHED:
-            log.warning(
-                "node %s crashed: %s", record.name, detail.splitlines()[0] if detail else ""
-            )
+            log.warning("node %s crashed: %s", node_id, detail.splitlines()[0] if detail else "")
+
+    async def _on_pause(self, node_id: str, reason: str) -> None:
+        async with self._locks[node_id]:  # after a resume under way has recorded its state
+            await paused(self, node_id, reason)
 
     # -- server start and stop ----------------------------------------------------------------
 
     async def adopt_all(self) -> None:
-        """Re-adopt the machines that outlived the last server; mark the dead ones crashed."""
-        for record in self.list():
-            if NodeState(record.state) not in _ACTIVE:
-                continue
-            spec = self.spec(record)
-            state = await self.driver.adopt(spec)
-            if state is None:
-                tail = log_tail(spec.paths.log)
-                why = f"QEMU was no longer running when the server restarted:\n{tail}"
-                self._set(record.id, NodeState.CRASHED, why)
-                continue
-            await self.consoles.open(record, spec)
-            self._set(record.id, state)
-            log.info("re-adopted node %s (%s)", record.name, state.value)
+        """Make the nodes agree with what outlived the last server (``node_faults``)."""
+        await recover(self)
 
     async def shutdown(self, *, stop_nodes: bool) -> None:
         if stop_nodes:

@@ -10,6 +10,7 @@ login, ending after ``session_hours``). :meth:`UserService.authenticate` turns o
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,15 @@ from virtlab.auth import passwords, tokens
 from virtlab.auth.throttle import LoginThrottle
 from virtlab.catalog import Catalog
 from virtlab.catalog.users import TokenRecord, UserRecord, UserRepository
-from virtlab.errors import Conflict, InvalidRequest, NotFound, TooManyAttempts, Unauthorized
+from virtlab.errors import (
+    CatalogBusy,
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+    TooManyAttempts,
+    Unauthorized,
+)
 
 __all__ = ["MAX_TOKEN_HOURS", "ROLES", "Principal", "UserService", "validate_user_name"]
 
@@ -229,8 +238,13 @@ class UserService:
             user = repo.get(token.user_id)
             if user is None:
                 return None
-            if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
-                repo.touch_token(token.id, now)
+        if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
+            # Only a note: a busy catalog or a full disk must not refuse the request.
+            with (
+                contextlib.suppress(CatalogBusy, InsufficientStorage),
+                self.catalog.session() as session,
+            ):
+                UserRepository(session).touch_token(token.id, now)
         return Principal(user.id, user.name, user.role, token.id, token.kind)
 
     def tokens(self, name: str) -> list[TokenRecord]:

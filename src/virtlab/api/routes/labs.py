@@ -110,7 +110,7 @@ async def create_lab(
         return LabInfo.of(runtime.labs.summary(lab), changed)
     if body.name is None:
         raise InvalidRequest("give a lab name, or a topology file to deploy")
-    lab = runtime.labs.create(body.name, owner_id=access.who.user_id)
+    lab = await runtime.labs.create(body.name, owner_id=access.who.user_id)
     return LabInfo.of(runtime.labs.summary(lab))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 import uuid
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from virtlab._util.dirwatch import DirWatch
-from virtlab.errors import Conflict
+from virtlab.errors import Conflict, InsufficientStorage
 from virtlab.images.qemu_img import QemuImg
 from virtlab.nodes.checkpoints import SavedState
 from virtlab.nodes.driver import NodeDriver
@@ -33,6 +34,7 @@ __all__ = ["QemuDriver"]
 log = logging.getLogger("virtlab.nodes")
 
 _SHUTDOWN = "SHUTDOWN"  # QMP event: the guest (or we) asked for power-off
+_IO_ERROR = "BLOCK_IO_ERROR"  # QMP event: a disk request failed; action "stop" paused the guest
 T = TypeVar("T")
 
 
@@ -44,6 +46,7 @@ class _Machine:
     expected_exit: bool = False  # we asked it to end: its exit is not a crash
     suspended: bool = False
     watcher: asyncio.Task | None = field(default=None, repr=False)
+    errors: asyncio.Task | None = field(default=None, repr=False)
 
 
 class QemuDriver(NodeDriver):
@@ -65,15 +68,27 @@ class QemuDriver(NodeDriver):
     # -- disks ----------------------------------------------------------------------------------
 
     async def create_disk(self, spec: NodeSpec, base: Path | None, size_mb: int | None) -> None:
-        spec.paths.root.mkdir(parents=True, exist_ok=True)
         disk = spec.paths.disk
         fresh = disk.with_name(f".{disk.name}.new")
-        fresh.unlink(missing_ok=True)
-        if base is not None:
-            await asyncio.to_thread(self.qemu_img.create_overlay, base, fresh)
-        else:
-            await asyncio.to_thread(self.qemu_img.create_blank, fresh, (size_mb or 1024) << 20)
-        fresh.replace(disk)  # a wipe swaps the whole disk in one step
+        try:
+            spec.paths.root.mkdir(parents=True, exist_ok=True)
+            fresh.unlink(missing_ok=True)
+            if base is not None:
+                await asyncio.to_thread(self.qemu_img.create_overlay, base, fresh)
+            else:
+                await asyncio.to_thread(self.qemu_img.create_blank, fresh, (size_mb or 1024) << 20)
+            fresh.replace(disk)  # a wipe swaps the whole disk in one step
+        except OSError as exc:
+            fresh.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(
+                    f"cannot make the disk of node {spec.name}: the data directory's disk is "
+                    f"full ({exc.strerror}); free some space and try again"
+                ) from exc
+            raise
+        except BaseException:
+            fresh.unlink(missing_ok=True)  # a disk it had stays as it was
+            raise
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -137,9 +152,26 @@ class QemuDriver(NodeDriver):
     def _track(self, machine: _Machine) -> None:
         self._machines[machine.spec.id] = machine
         machine.watcher = asyncio.create_task(self._watch(machine), name=f"watch-{machine.spec.id}")
+        machine.errors = asyncio.create_task(
+            self._watch_io_errors(machine), name=f"io-errors-{machine.spec.id}"
+        )
+
+    async def _watch_io_errors(self, machine: _Machine) -> None:
+        """A disk write that fails pauses the guest (QEMU's default ``werror=enospc`` for a
+        full file system): the machine is then suspended, and ``resume`` retries the write."""
+        async for event in machine.monitor.events(_IO_ERROR):
+            data = event.get("data", {})
+            if data.get("action") != "stop":
+                continue  # reported to the guest, or ignored: it runs on
+            machine.suspended = True
+            reason = "nospace" if data.get("nospace") else str(data.get("reason", "I/O error"))
+            log.warning("node %s paused on a disk error: %s", machine.spec.name, reason)
+            await self._paused(machine.spec.id, reason)
 
     async def _watch(self, machine: _Machine) -> None:
         await machine.process.wait()
+        if machine.errors is not None:
+            machine.errors.cancel()
         await machine.monitor.close()
         self._machines.pop(machine.spec.id, None)
         asked = machine.expected_exit or machine.monitor.seen(_SHUTDOWN)
@@ -283,7 +315,9 @@ class QemuDriver(NodeDriver):
             process.forget()
             return None
         # "prelaunch": the server died between starting QEMU (-S) and letting it run.
-        machine = _Machine(spec, process, monitor, suspended=status in ("paused", "prelaunch"))
+        # "io-error": paused on a disk error (a full disk), waiting for a resume.
+        paused = status in ("paused", "prelaunch", "io-error")
+        machine = _Machine(spec, process, monitor, suspended=paused)
         self._track(machine)
         return NodeState.SUSPENDED if machine.suspended else NodeState.RUNNING
 
@@ -299,8 +333,9 @@ class QemuDriver(NodeDriver):
 
     async def close(self) -> None:
         for machine in list(self._machines.values()):
-            if machine.watcher is not None:
-                machine.watcher.cancel()
+            for task in (machine.watcher, machine.errors):
+                if task is not None:
+                    task.cancel()
             machine.process.forget()
             await machine.monitor.close()
         self._machines.clear()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,14 @@ class Monitor:
                     return dict(event)
 
         return await asyncio.wait_for(next_match(), timeout)
+
+    async def events(self, *names: str) -> AsyncIterator[dict[str, Any]]:
+        """Every event named one of ``names`` from now on, until the monitor closes; a
+        listener of its own, so the node's other waiters miss nothing."""
+        listener = EventListener(names)
+        with self._qmp.listen(listener):
+            while True:
+                yield dict(await listener.get())
 
     def seen(self, name: str) -> bool:
         """Whether an event named ``name`` arrived since the monitor connected."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from virtlab.errors import ToolFailure
 
-__all__ = ["LaunchFailure", "QemuProcess", "log_tail"]
+__all__ = ["LaunchFailure", "QemuProcess", "log_tail", "qemu_pid_for"]
 
 
 class LaunchFailure(ToolFailure):
@@ -121,6 +121,15 @@ class QemuProcess:
             asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def qemu_pid_for(node_dir: Path) -> int | None:
+    """The pid of a QEMU still running for ``node_dir`` (by its pid file), or None."""
+    try:
+        pid = int((node_dir / "qemu.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _is_qemu_for(pid, node_dir) else None
 
 
 def _is_qemu_for(pid: int, node_dir: Path) -> bool:
