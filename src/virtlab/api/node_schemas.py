@@ -8,11 +8,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from virtlab.catalog import NodeRecord
+from virtlab.names import LAB, NODE
 from virtlab.nodes.names import stable_mac
 from virtlab.nodes.qemu.argv import MAX_NICS
 from virtlab.nodes.spec import DiskBus, NicModel
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+NAME_PATTERN = NODE.pattern  # lab and node names: the rules are in virtlab.names
+NodeName = NODE.field()
+LabName = LAB.field("the lab it belongs to")
 
 
 class Position(BaseModel):
@@ -21,9 +24,9 @@ class Position(BaseModel):
 
 
 class NodeCreate(BaseModel):
-    name: str = Field(pattern=NAME_PATTERN, examples=["r1"])
+    name: NodeName = Field(examples=["r1"])
     image: str = Field(min_length=1, max_length=255, description="a catalog image's name")
-    lab: str = Field("default", pattern=NAME_PATTERN, description="the lab it belongs to")
+    lab: LabName = "default"
     position: Position | None = Field(None, description="where it sits on the lab's canvas")
     cpus: int = Field(1, ge=1, le=64)
     ram_mb: int = Field(256, ge=16, le=1 << 20)
@@ -42,7 +45,7 @@ class NodeCreate(BaseModel):
 
 
 class NodeUpdate(BaseModel):
-    name: str | None = Field(None, pattern=NAME_PATTERN)
+    name: NodeName | None = None
     cpus: int | None = Field(None, ge=1, le=64)
     ram_mb: int | None = Field(None, ge=16, le=1 << 20)
     disk_bus: DiskBus | None = None

@@ -48,6 +48,7 @@ def _print_node(node: dict[str, Any], as_json: bool) -> None:
 def create(
     name: str,
     image: Annotated[str, typer.Option("--image", "-i", help="A catalog image's name.")],
+    lab: Annotated[str, typer.Option("--lab", "-l", help="The lab it goes into.")] = "default",
     cpus: int = 1,
     ram_mb: Annotated[int, typer.Option("--ram-mb", help="Memory in MiB.")] = 256,
     disk_bus: Annotated[str, typer.Option(help="virtio, ide, sata or scsi.")] = "virtio",
@@ -67,8 +68,8 @@ def create(
 ) -> None:
     """Create a node over a catalog image (its disk is a copy-on-write overlay)."""
     body = {
-        "name": name, "image": image, "cpus": cpus, "ram_mb": ram_mb, "disk_bus": disk_bus,
-        "nics": nics, "nic_model": nic_model, "disk_size_mb": disk_size_mb,
+        "name": name, "image": image, "lab": lab, "cpus": cpus, "ram_mb": ram_mb,
+        "disk_bus": disk_bus, "nics": nics, "nic_model": nic_model, "disk_size_mb": disk_size_mb,
         "extra_args": extra_arg or [],
     }  # fmt: skip
     node = call(url, "POST", "/api/nodes", json=body).json()

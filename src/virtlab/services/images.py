@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from virtlab.catalog import Catalog, ImageRecord, ImageRepository
-from virtlab.errors import Conflict, ImageInUse, InvalidRequest, NotFound, VirtlabError
+from virtlab.errors import Conflict, ImageInUse, NotFound, VirtlabError
 from virtlab.images.importer import Importer
 from virtlab.images.progress import ImportJob, ImportJobs
 from virtlab.images.receive import receive
 from virtlab.images.store import ImageStore
+from virtlab.names import UPLOAD
 from virtlab.services.image_scan import BaseScanner, ScanReport, VerifyReport
 
 __all__ = ["ImageService", "ScanReport", "VerifyReport"]
@@ -42,10 +43,7 @@ class ImageService:
         expected_size: int | None = None,
     ) -> list[ImageRecord]:
         """Stage, unwrap, inspect, convert, verify and register one upload."""
-        if not source_name or len(source_name) > 255 or not source_name.isprintable():
-            raise InvalidRequest(
-                "the upload's file name must be 1 to 255 printable characters; rename the file"
-            )
+        UPLOAD.check(source_name)
         try:
             job = self.jobs.start(source_name, job_id)
         except KeyError as exc:

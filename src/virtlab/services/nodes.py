@@ -26,6 +26,7 @@ from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
+from virtlab.names import NODE
 from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import (
@@ -186,9 +187,8 @@ class NodeService:
 
     def _check_name_free(self, name: str, lab_id: str, but: str | None = None) -> None:
         with self.catalog.session() as session:
-            others = [r for r in NodeRepository(session).by_name(name, lab_id) if r.id != but]
-        if others:
-            raise Conflict(f"this lab already has a node named {name}; choose another name")
+            others = [r.name for r in NodeRepository(session).in_lab(lab_id) if r.id != but]
+        NODE.refuse_clash(name, others, "this lab")
 
     async def edit(self, ref: str, **changes: object) -> NodeRecord:
         record = self.get(ref)

@@ -11,10 +11,11 @@ from pydantic import BaseModel, Field
 from virtlab.api.access import AccessDep
 from virtlab.api.deps import RuntimeDep
 from virtlab.api.errors import refusal
-from virtlab.api.node_schemas import NAME_PATTERN, Node
+from virtlab.api.node_schemas import Node
 from virtlab.api.routes.links import Link
 from virtlab.api.routes.links import _out as link_out
 from virtlab.errors import InvalidRequest
+from virtlab.names import LAB
 from virtlab.services.labs import LabSummary
 from virtlab.topology import json_schema
 
@@ -25,12 +26,13 @@ REFUSED = {
     404: refusal("No such lab or image"),
     409: refusal("Exists and differs, or a node's state forbids it"),
 }
-LabName = Annotated[str, Path(pattern=NAME_PATTERN)]
+LabName = Annotated[LAB.field(), Path()]
+NewLabName = LAB.field("an empty lab of this name")
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain")
 
 
 class LabCreate(BaseModel):
-    name: str | None = Field(None, pattern=NAME_PATTERN, description="an empty lab of this name")
+    name: NewLabName | None = None
     topology: str | None = Field(
         None, max_length=1 << 20, description="a topology file (YAML) to deploy"
     )

@@ -56,6 +56,7 @@ from virtlab.images.progress import ImportJob
 from virtlab.images.qemu_img import QemuImg
 from virtlab.images.receive import receive
 from virtlab.images.store import Staging
+from virtlab.names import LAB
 from virtlab.nodes.spec import RunPaths
 from virtlab.nodes.state import NodeState
 from virtlab.services.checkpoints import CheckpointService
@@ -234,6 +235,8 @@ class LabArchiver:
         with contextlib.suppress(NotFound):
             self.labs.get(lab_name)
             raise Conflict(f"a lab named {lab_name} already exists; import it under another name")
+        LAB.check(lab_name)
+        LAB.refuse_clash(lab_name, self.labs.names(), "this server")
         copies = {e.name: work / f"{e.name}.qcow2" for e in manifest.nodes}
         for entry in manifest.nodes:
             where = members[f"nodes/{entry.name}.qcow2"]
