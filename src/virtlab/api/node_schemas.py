@@ -77,6 +77,14 @@ class VncConsole(BaseModel):
 class Consoles(BaseModel):
     serial: SerialConsole | None
     vnc: VncConsole | None
+    tickets_required: bool = Field(
+        description="whether the telnet and VNC TCP ports ask for a ticket (the WebSockets "
+        "never do: they need a login)"
+    )
+    ticket: str = Field(
+        description='where to get a ticket: POST {"kind": "telnet"} or {"kind": "vnc"} '
+        "here (`virtlab node console-ticket NODE [--kind vnc]`)"
+    )
 
 
 class Node(BaseModel):
@@ -99,7 +107,9 @@ class Node(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, record: NodeRecord, console_host: str, lab: str) -> Node:
+    def of(
+        cls, record: NodeRecord, console_host: str, lab: str, tickets_required: bool = False
+    ) -> Node:
         base = f"/api/nodes/{record.id}/console"
         position = (
             Position(x=record.position_x, y=record.position_y)
@@ -123,6 +133,7 @@ class Node(BaseModel):
                     host=console_host if record.vnc_port else None, port=record.vnc_port,
                     ws=f"{base}/vnc",
                 ) if record.vnc else None,
+                tickets_required=tickets_required, ticket=f"{base}/ticket",
             ),
             created_at=record.created_at,
         )  # fmt: skip

@@ -39,9 +39,22 @@ def _print_node(node: dict[str, Any], as_json: bool) -> None:
         )
     if vnc and vnc["port"]:
         grid.add_row("[bold]vnc[/bold]", f"{vnc['host']}:{vnc['port']}")
+    if (serial and serial["telnet_port"]) or (vnc and vnc["port"]):
+        grid.add_row("[bold]tickets[/bold]", _ticket_advice(node))
     if node["detail"]:
         grid.add_row("[bold]detail[/bold]", node["detail"])
     out.print(grid)
+
+
+def _ticket_advice(node: dict[str, Any]) -> str:
+    """Whether the telnet and VNC ports ask for a ticket, and how to get one."""
+    if not node["consoles"].get("tickets_required"):
+        return "not needed: the console ports listen on loopback only"
+    name = node["name"]  # a node name holds no markup: letters, digits, "_.-"
+    return (
+        f"required at the telnet and VNC ports: `virtlab node console-ticket {name}` (telnet), "
+        f"`virtlab node console-ticket {name} --kind vnc` (the VNC password); each works once"
+    )
 
 
 @app.command("create")

@@ -16,6 +16,7 @@ from virtlab.api.errors import refusal
 from virtlab.api.node_schemas import Node
 from virtlab.api.routes.labs import LabInfo, LabName
 from virtlab.api.routes.nodes import NodeRef
+from virtlab.api.routes.nodes import _out as node_out
 from virtlab.catalog import NodeRecord
 from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.names import TAG
@@ -130,7 +131,7 @@ async def resume_node_checkpoint(
     ref: NodeRef, tag: Tag, runtime: RuntimeDep, force: Force = False
 ) -> Node:
     record = await runtime.checkpoints.resume_node(ref, tag, force=force)
-    return Node.of(record, runtime.settings.console_host, runtime.nodes.lab_name(record.lab_id))
+    return node_out(runtime, record)
 
 
 @router.delete("/api/nodes/{ref}/checkpoints/{tag}", status_code=204, responses=REFUSED,

@@ -118,7 +118,11 @@ async def create_lab(
 def get_lab(name: LabName, runtime: RuntimeDep) -> LabDetail:
     summary = runtime.labs.summary(runtime.labs.get(name))
     info = LabInfo.of(summary)
-    nodes = [Node.of(n, runtime.settings.console_host, name) for n in summary.nodes]
+    settings = runtime.settings
+    nodes = [
+        Node.of(n, settings.console_host, name, settings.console_tickets_required)
+        for n in summary.nodes
+    ]
     links = [link_out(runtime, link) for link in runtime.links.list(summary.lab.id)]
     return LabDetail(**info.model_dump(), node_list=nodes, link_list=links)
 

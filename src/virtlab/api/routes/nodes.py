@@ -31,7 +31,11 @@ NodeRef = Annotated[
 
 
 def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]
-    return Node.of(record, runtime.settings.console_host, runtime.nodes.lab_name(record.lab_id))
+    settings = runtime.settings
+    return Node.of(
+        record, settings.console_host, runtime.nodes.lab_name(record.lab_id),
+        settings.console_tickets_required,
+    )  # fmt: skip
 
 
 @router.post(
