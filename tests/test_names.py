@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from support.server import Server
+from virtlab.errors import InvalidRequest
 from virtlab.names import IMAGE, LAB, NODE, TAG, TOKEN_LABEL, UPLOAD, USER, NameRule
 
 VIRTLAB = str(Path(sys.executable).with_name("virtlab"))
@@ -308,3 +309,18 @@ def test_the_cli_shows_the_rule(world: World) -> None:
     same = _cli(world.server, "node", "create", "R1", "--image", world.image, "--lab", LAB_NAME)
     assert same.returncode != 0 and "a node named r1" in same.stderr, same.stderr
     assert snapshot(world) == before
+
+
+def test_a_name_made_under_the_older_rule_is_still_found_started_and_edited() -> None:
+    """Before virtlab.names, a node or lab name could end with '.', '-' or '_': such a node
+    keeps its name through edits and QEMU still gets it; only new names follow today's rule."""
+    from virtlab.nodes.names import validate_existing_name
+    from virtlab.services.node_settings import NodeSettings
+
+    assert validate_existing_name("r1.") == "r1."
+    with pytest.raises(InvalidRequest, match="a node name is 1 to 63"):
+        validate_existing_name("../x")
+    old = NodeSettings(name="r1-", image="x.qcow2")
+    assert old.checked(new_name=False).name == "r1-"
+    with pytest.raises(InvalidRequest, match="invalid node name 'r1-'"):
+        old.checked()

@@ -42,6 +42,7 @@ __all__ = [
     "HOST",
     "IMAGE",
     "LAB",
+    "LEGACY_LABEL",
     "NODE",
     "RULES",
     "TAG",
@@ -211,6 +212,11 @@ ENDPOINT = NameRule(
     rf"^{_LABEL}:eth(0|[1-9][0-9]?)$",
     63 + 6,
 )
+
+# Node and lab names as rules before virtlab.names allowed them (a trailing '.', '-' or '_'):
+# what a *lookup* accepts, and what QEMU's -name is given, so that a node or lab made then can
+# still be found, started and renamed. Nothing new is made with it.
+LEGACY_LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 RULES: dict[str, NameRule] = {
     "node": NODE, "lab": LAB, "host": HOST, "checkpoint": TAG, "user": USER, "image": IMAGE,

@@ -11,9 +11,11 @@ import hashlib
 import re
 
 from virtlab.errors import InvalidRequest
-from virtlab.names import NODE
+from virtlab.names import LEGACY_LABEL, NODE
 
-__all__ = ["MAC_RE", "NAME_RULE", "stable_mac", "validate_mac", "validate_name"]
+__all__ = [
+    "MAC_RE", "NAME_RULE", "stable_mac", "validate_existing_name", "validate_mac", "validate_name",
+]  # fmt: skip
 
 NAME_RULE = NODE.rule  # the rule lives in virtlab.names, with every other kind of name
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
@@ -22,6 +24,14 @@ _QEMU_OUI = "52:54:00"
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid node name, else raise :class:`InvalidRequest`."""
+    return NODE.check(name)
+
+
+def validate_existing_name(name: str) -> str:
+    """``name`` if a node may carry it: the rule now, or the looser one of nodes made before
+    it (see :data:`virtlab.names.LEGACY_LABEL`); QEMU's ``-name`` takes either safely."""
+    if isinstance(name, str) and re.fullmatch(LEGACY_LABEL, name):
+        return name
     return NODE.check(name)
 
 

@@ -212,7 +212,8 @@ class NodeService:
                 raise InvalidRequest("a node's image cannot change; create another node")
             moved = [k for k in _HARDWARE if k in changes and changes[k] != getattr(record, k)]
             self._refuse_if_checkpoints(record, "change", moved)
-            wanted = replace(current, **changes).checked()  # type: ignore[arg-type]
+            renamed = changes.get("name", record.name) != record.name
+            wanted = replace(current, **changes).checked(new_name=renamed)  # type: ignore[arg-type]
             self._check_name_free(wanted.name, record.lab_id, but=record.id)
             fields = {
                 k: getattr(wanted, k).value if hasattr(getattr(wanted, k), "value")

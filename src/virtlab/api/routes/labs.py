@@ -15,7 +15,7 @@ from virtlab.api.node_schemas import Node
 from virtlab.api.routes.links import Link
 from virtlab.api.routes.links import _out as link_out
 from virtlab.errors import InvalidRequest
-from virtlab.names import LAB
+from virtlab.names import LAB, LEGACY_LABEL
 from virtlab.services.labs import LabSummary
 from virtlab.topology import json_schema
 
@@ -26,7 +26,8 @@ REFUSED = {
     404: refusal("No such lab or image"),
     409: refusal("Exists and differs, or a node's state forbids it"),
 }
-LabName = Annotated[LAB.field(), Path()]
+# A lab named in a path is looked up: made before today's rule, it may only follow the old one.
+LabName = Annotated[str, Path(pattern=LEGACY_LABEL, description="the lab's name")]
 NewLabName = LAB.field("an empty lab of this name")
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain")
 
