@@ -10,6 +10,7 @@ login, ending after ``session_hours``). :meth:`UserService.authenticate` turns o
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -185,11 +186,11 @@ class UserService:
                 f"try again in {wait} s", wait,
             )  # fmt: skip
         refused = Unauthorized("wrong user name or password; check both and log in again")
-        try:
-            validate_user_name(name)
-        except InvalidRequest:
+        # The rule before virtlab.names (a trailing '.', '-' or '_' allowed), so that users
+        # made then still log in; new users follow USER.
+        if not re.fullmatch(r"[a-z][a-z0-9_.-]{0,31}", name):
             self.throttle.failed(name, address)
-            raise refused from None
+            raise refused
         with self.catalog.session() as session:
             user = UserRepository(session).by_name(name)
         stored = user.password_hash if user else _DUMMY_HASH  # the same work either way
