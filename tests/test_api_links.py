@@ -122,7 +122,7 @@ def test_link_refusals(pair: tuple[Server, dict, dict]) -> None:
         for body, status, detail in (
             ({"a": "r1:eth9", "b": "r2:eth0"}, 400, "r1:eth9 does not exist: r1 has 2 NICs"),
             ({"a": "r1:eth0", "b": "r1:eth0"}, 400, "not r1:eth0 to itself"),
-            ({"a": "r1-eth0", "b": "r2:eth0"}, 400, "write NODE:ethN"),
+            ({"a": "r1-eth0", "b": "r2:eth0"}, 400, "an endpoint is NODE:ethN"),
             ({"a": "zz:eth0", "b": "r2:eth0"}, 404, "no node"),
             ({"lab": "nolab", "a": "r1:eth0", "b": "r2:eth0"}, 404, "no lab named 'nolab'"),
         ):

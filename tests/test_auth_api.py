@@ -37,7 +37,8 @@ def _routes() -> tuple[list[tuple[str, str]], list[str]]:
                 if isinstance(route, APIWebSocketRoute):
                     sockets.append(route.path)
                 elif isinstance(route, APIRoute):
-                    http += [(m, route.path) for m in sorted(route.methods - {"HEAD"})]
+                    # path_format: {name:rest} is {name} in the OpenAPI
+                    http += [(m, route.path_format) for m in sorted(route.methods - {"HEAD"})]
     return http, sockets
 
 

@@ -96,7 +96,7 @@ def test_refusals_say_what_and_what_to_do(booted_server: tuple[Server, str]) -> 
                 "cannot checkpoint node n1: it is stopped; start it first")  # fmt: skip
         assert client.post(f"{n1}/start").status_code == 200
         refused(client.post(f"{n1}/checkpoints", json={"tag": "1st"}), 400,
-                "'1st' cannot name a checkpoint", "starts with a letter")  # fmt: skip
+                "'1st' cannot name a checkpoint", "starting with a letter")  # fmt: skip
 
         taken = cli(server, "node", "checkpoint", "ref:n1", "base")
         assert taken.returncode == 0 and "n1: checkpoint base" in taken.stdout, taken.stderr

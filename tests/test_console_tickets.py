@@ -27,6 +27,7 @@ from support.bootdisk import boot_disk
 from support.fake_peers import FakeSerialPeer, read_until, short_dir
 from support.rfb import Rfb, RfbRefused, assert_not_blank, des_answer
 from support.server import Server, free_port
+from virtlab.auth.throttle import LoginThrottle
 from virtlab.auth.tickets import NodeTickets, TicketBook
 from virtlab.consoles import SerialHub, TelnetServer, VncTcpProxy
 from virtlab.consoles.rfb_auth import vnc_response
@@ -139,6 +140,72 @@ async def _telnet(port: int, line: str) -> bytes:
         said = await reader.read()  # until the port closes the connection
     writer.close()
     return said
+
+
+# -- wrong tickets are throttled per port and client address, like failed logins ---------------
+
+
+LOCKED = b"too many wrong tickets from 127.0.0.1 at the telnet port of node n1; try again in"
+
+
+@pytest.mark.asyncio
+async def test_too_many_wrong_telnet_tickets_lock_that_address_out_for_a_while() -> None:
+    clock = Clock()
+    book = TicketBook(ttl=600, clock=clock)  # the default throttle: 5 wrong tickets, 60 s
+    with short_dir() as workdir:
+        async with FakeSerialPeer(workdir / "serial.sock", boot_log=b"booted\r\n# ") as qemu:
+            hub = SerialHub(qemu.path)
+            await hub.start()
+            gate = NodeTickets(book, "n1id", "n1")
+            async with TelnetServer(hub, tickets=gate) as telnet:
+                live = book.issue("n1id", "telnet").secret
+                for attempt in range(4):
+                    said = await _telnet(telnet.port, f"guess{attempt}")
+                    assert REFUSED in said and LOCKED not in said, said
+                said = await _telnet(telnet.port, "guess4")  # the fifth: locked out from now
+                assert LOCKED + b" 60 s" in said and b"virtlab node console-ticket n1`" in said
+
+                # No prompt now, and a live ticket does not help (nor is it used up).
+                reader, writer = await asyncio.open_connection("127.0.0.1", telnet.port)
+                async with asyncio.timeout(10):
+                    said = await reader.read()
+                writer.close()
+                assert LOCKED in said and PROMPT not in said and b"booted" not in said
+
+                clock.now += 61  # the lockout is over: the same ticket lets it in
+                reader, writer = await asyncio.open_connection("127.0.0.1", telnet.port)
+                await read_until(reader, PROMPT)
+                writer.write(live.encode() + b"\r\n")
+                await read_until(reader, b"booted\r\n# ")
+                writer.close()
+                await writer.wait_closed()
+
+                # Another node's port, and the VNC port of this one, count on their own.
+                assert not gate.wait_for("vnc", "127.0.0.1")
+                assert not NodeTickets(book, "n2id", "n2").wait_for("telnet", "127.0.0.1")
+            await hub.stop()
+
+
+@pytest.mark.asyncio
+async def test_too_many_wrong_vnc_tickets_fail_authentication_with_the_reason() -> None:
+    book = TicketBook(throttle=LoginThrottle(limit=2, lockout=60))
+    with short_dir() as workdir:
+        qemu = await asyncio.start_unix_server(_fake_qemu_vnc, workdir / "vnc.sock")
+        gate = NodeTickets(book, "n1id", "n1")
+        async with qemu, VncTcpProxy(workdir / "vnc.sock", tickets=gate) as proxy:
+            live = book.issue("n1id", "vnc").secret
+            reasons = []
+            for password in ("wrong123", "wrong456", live):
+                rfb, writer = await _vnc(proxy.port)
+                with pytest.raises(RfbRefused) as refused:
+                    await rfb.handshake(password=password)
+                reasons.append(str(refused.value))
+                writer.close()
+            assert reasons[0].startswith("ticket refused")
+            locked = "too many wrong tickets from 127.0.0.1 at the vnc port of node n1; try again"
+            assert reasons[1].startswith(locked) and reasons[2].startswith(locked), reasons
+            assert "console-ticket n1 --kind vnc" in reasons[2]
+            assert book.redeem("n1id", "vnc", live), "a refused client used no ticket up"
 
 
 # -- VNC against a fake QEMU socket: older RFB clients ------------------------------------------
@@ -333,6 +400,15 @@ def test_the_cli_prints_a_ticket_that_works(lab: Lab) -> None:
     stopped = cli("console-ticket", "t2")
     assert stopped.returncode == 1 and "t2 is stopped" in stopped.stderr, stopped
 
+    shown = cli("show", "t1")  # says that the ports ask for tickets, and how to get them
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"tickets\s+required at the telnet and VNC ports", shown.stdout), shown.stdout
+    assert "virtlab node console-ticket t1 --kind vnc" in shown.stdout
+    with lab.server.client() as admin:
+        consoles = admin.get("/api/nodes/t1").json()["consoles"]
+    assert consoles["tickets_required"] is True
+    assert consoles["ticket"] == f"/api/nodes/{lab.node['id']}/console/ticket"
+
 
 async def _vnc(port: int) -> tuple[Rfb, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -383,3 +459,17 @@ def test_the_web_uis_vnc_needs_no_ticket(lab: Lab) -> None:
             assert_not_blank(await rfb.framebuffer(width, height), bpp)
 
     asyncio.run(browser())
+
+
+def test_on_loopback_node_show_says_no_ticket_is_needed(server: Server) -> None:
+    with server.client() as admin:
+        image = admin.put("/api/images/plain.img", content=bytes(1 << 20)).json()["name"]
+        node = admin.post("/api/nodes", json={"name": "lo1", "image": image}).json()
+    assert node["consoles"]["tickets_required"] is False
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("virtlab")), "node", "show", "lo1"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, **server.cli_env, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"tickets\s+not needed: the console ports listen on loopback", done.stdout)

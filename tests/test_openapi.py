@@ -33,3 +33,16 @@ def test_the_openapi_documents_both_upload_forms(server: Server) -> None:
     assert "application/octet-stream" in raw["requestBody"]["content"]
     for path in ("/api/images", "/api/images/verify", "/api/imports/{import_id}", "/api/health"):
         assert path in spec["paths"]
+
+
+def test_every_route_with_a_node_ref_declares_the_ambiguous_name_refusal(server: Server) -> None:
+    """A node name that nodes of several labs have is refused with 400 (say LAB:NAME) by the
+    ownership guard before any route runs: each route with a ``{ref}`` declares it."""
+    with server.client() as client:
+        spec = client.get("/openapi.json").json()
+    refs = [(path, method, op) for path, ops in spec["paths"].items() if "{ref}" in path
+            for method, op in ops.items()]  # fmt: skip
+    assert len(refs) > 10
+    for path, method, op in refs:
+        assert "400" in op["responses"], f"{method} {path}"
+        assert "LAB:NAME" in op["responses"]["400"]["description"], f"{method} {path}"

@@ -106,6 +106,8 @@ class Runtime:
             vnc_ports=PortRange.parse(settings.vnc_ports), vnc_tcp=settings.vnc_tcp,
             tickets_required=settings.console_tickets_required,
             ticket_seconds=settings.console_ticket_seconds,
+            ticket_attempts=settings.console_ticket_attempts,
+            ticket_lockout=settings.console_ticket_lockout_seconds,
         )  # fmt: skip
         runtime = cls(
             settings=settings, catalog=catalog, images=images, nodes=None,  # type: ignore[arg-type]

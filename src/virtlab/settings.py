@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # auto: when console_host is not a loopback address; never is refused on such an address.
     console_tickets: Literal["auto", "always", "never"] = "auto"
     console_ticket_seconds: float = Field(default=60.0, gt=0, le=3600)  # a ticket's lifetime
+    # Wrong tickets typed at one console port from one address (within 10 minutes) before that
+    # address is refused there for console_ticket_lockout_seconds (doubling if it goes on).
+    console_ticket_attempts: int = Field(default=5, ge=1, le=1000)
+    console_ticket_lockout_seconds: float = Field(default=60.0, gt=0, le=86400)
     stop_timeout: float = 30.0  # seconds a guest gets to power off before a hard stop
     stop_nodes_on_exit: bool = False  # by default nodes outlive the server
 

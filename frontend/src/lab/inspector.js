@@ -9,6 +9,7 @@ import { attempt, notify } from "../notify.js";
 import { navigate } from "../router.js";
 import { impairmentForm } from "./impairment.js";
 import { allowed } from "./states.js";
+import { ticketPanel } from "./tickets.js";
 
 const NODE_ACTIONS = [
   ["start", "Start"],
@@ -102,6 +103,7 @@ export function renderNode(ctx, node) {
     h("div", { class: "button-row" },
       h("button", { type: "button", disabled: !live || !serial, "aria-label": `Serial console of ${node.name}`, onclick: () => openConsole("serial") }, "Serial console"),
       h("button", { type: "button", disabled: !live || !vnc, "aria-label": `VNC console of ${node.name}`, onclick: () => openConsole("vnc") }, "VNC console")),
+    node.consoles.tickets_required ? ctx.keep(`node:${node.id}:tickets`, node, () => ticketPanel(node)) : null,
     h("dl", { class: "facts" },
       serial?.telnet_port ? [h("dt", {}, "Telnet"), h("dd", {}, h("code", {}, `${serial.telnet_host}:${serial.telnet_port}`))] : null,
       vnc?.port ? [h("dt", {}, "VNC"), h("dd", {}, h("code", {}, `${vnc.host}:${vnc.port}`))] : null,

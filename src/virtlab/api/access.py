@@ -25,7 +25,11 @@ from virtlab.errors import InvalidRequest, NotFound
 from virtlab.runtime import Runtime
 from virtlab.services.users import Principal
 
-__all__ = ["Access", "AccessDep", "guard_path"]
+__all__ = ["AMBIGUOUS", "Access", "AccessDep", "guard_path"]
+
+# What guard_path answers for a node name that nodes of several labs have: every route with a
+# node ``ref`` in its path declares it (tests/test_openapi.py checks).
+AMBIGUOUS = "a node name that nodes of several labs have (say which: LAB:NAME)"
 
 
 class Access:

@@ -14,6 +14,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from virtlab.errors import InvalidRequest
+from virtlab.names import UPLOAD
 
 __all__ = ["FilePart", "stream_file_field"]
 
@@ -61,6 +62,11 @@ async def stream_file_field(
         try:
             parser.write(chunk)
         except MultipartParseError as exc:
+            if "header size" in str(exc):  # a part's headers past 4 KiB: a file name, surely
+                raise InvalidRequest(
+                    f"the form's part headers are longer than 4 KiB: is its file name that "
+                    f"long? {UPLOAD.sentence}; rename the file"
+                ) from exc
             raise InvalidRequest(
                 f"the multipart/form-data body is malformed ({exc}); "
                 f'send the file as -F "{field_name}=@FILE"'

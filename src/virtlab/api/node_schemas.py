@@ -8,11 +8,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from virtlab.catalog import NodeRecord
+from virtlab.names import LAB, NODE
 from virtlab.nodes.names import stable_mac
 from virtlab.nodes.qemu.argv import MAX_NICS
 from virtlab.nodes.spec import DiskBus, NicModel
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+NAME_PATTERN = NODE.pattern  # lab and node names: the rules are in virtlab.names
+NodeName = NODE.field()
+LabName = LAB.field("the lab it belongs to")
 
 
 class Position(BaseModel):
@@ -21,9 +24,9 @@ class Position(BaseModel):
 
 
 class NodeCreate(BaseModel):
-    name: str = Field(pattern=NAME_PATTERN, examples=["r1"])
+    name: NodeName = Field(examples=["r1"])
     image: str = Field(min_length=1, max_length=255, description="a catalog image's name")
-    lab: str = Field("default", pattern=NAME_PATTERN, description="the lab it belongs to")
+    lab: LabName = "default"
     position: Position | None = Field(None, description="where it sits on the lab's canvas")
     cpus: int = Field(1, ge=1, le=64)
     ram_mb: int = Field(256, ge=16, le=1 << 20)
@@ -42,7 +45,7 @@ class NodeCreate(BaseModel):
 
 
 class NodeUpdate(BaseModel):
-    name: str | None = Field(None, pattern=NAME_PATTERN)
+    name: NodeName | None = None
     cpus: int | None = Field(None, ge=1, le=64)
     ram_mb: int | None = Field(None, ge=16, le=1 << 20)
     disk_bus: DiskBus | None = None
@@ -74,6 +77,14 @@ class VncConsole(BaseModel):
 class Consoles(BaseModel):
     serial: SerialConsole | None
     vnc: VncConsole | None
+    tickets_required: bool = Field(
+        description="whether the telnet and VNC TCP ports ask for a ticket (the WebSockets "
+        "never do: they need a login)"
+    )
+    ticket: str = Field(
+        description='where to get a ticket: POST {"kind": "telnet"} or {"kind": "vnc"} '
+        "here (`virtlab node console-ticket NODE [--kind vnc]`)"
+    )
 
 
 class Node(BaseModel):
@@ -96,7 +107,9 @@ class Node(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, record: NodeRecord, console_host: str, lab: str) -> Node:
+    def of(
+        cls, record: NodeRecord, console_host: str, lab: str, tickets_required: bool = False
+    ) -> Node:
         base = f"/api/nodes/{record.id}/console"
         position = (
             Position(x=record.position_x, y=record.position_y)
@@ -120,6 +133,7 @@ class Node(BaseModel):
                     host=console_host if record.vnc_port else None, port=record.vnc_port,
                     ws=f"{base}/vnc",
                 ) if record.vnc else None,
+                tickets_required=tickets_required, ticket=f"{base}/ticket",
             ),
             created_at=record.created_at,
         )  # fmt: skip

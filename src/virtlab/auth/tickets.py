@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from virtlab.auth.throttle import LoginThrottle
+
 __all__ = ["NodeTickets", "Ticket", "TicketBook"]
 
 Kind = Literal["telnet", "vnc"]
@@ -34,11 +36,20 @@ class Ticket:
 
 
 class TicketBook:
-    """Tickets in memory: a server restart voids them all, which is what a ticket should do."""
+    """Tickets in memory: a server restart voids them all, which is what a ticket should do.
 
-    def __init__(self, ttl: float = 60.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    Wrong tickets are counted like failed logins (:class:`LoginThrottle`), per console port
+    (node and kind) and client address: past the throttle's limit, that address is refused at
+    that port for a while, even with a live ticket (which is then not used up).
+    """
+
+    def __init__(
+        self, ttl: float = 60.0, clock=time.monotonic,  # type: ignore[no-untyped-def]
+        throttle: LoginThrottle | None = None,
+    ) -> None:  # fmt: skip
         self.ttl = ttl
         self._clock = clock
+        self.throttle = throttle or LoginThrottle(limit=5, window=600.0, lockout=60.0, clock=clock)
         self._lock = threading.Lock()
         self._tickets: dict[tuple[str, Kind], list[Ticket]] = {}
 
@@ -91,6 +102,24 @@ class NodeTickets:
 
     def redeem_if(self, kind: Kind, matches: Callable[[str], bool]) -> bool:
         return self.book.redeem_if(self.node_id, kind, matches)
+
+    def wait_for(self, kind: Kind, address: str) -> int:
+        """Seconds until ``address`` may try a ticket at this port again (0: now)."""
+        return self.book.throttle.wait_for(f"{self.node_id}/{kind}", address)
+
+    def wrong(self, kind: Kind, address: str) -> int:
+        """Count a wrong ticket from ``address``; the seconds it is now locked out (0: not)."""
+        self.book.throttle.failed(f"{self.node_id}/{kind}", address)
+        return self.wait_for(kind, address)
+
+    def locked_out(self, kind: Kind, address: str, wait: int) -> str:
+        """What a client refused for too many wrong tickets is told."""
+        option = " --kind vnc" if kind == "vnc" else ""
+        return (
+            f"too many wrong tickets from {address or 'this address'} at the {kind} port of "
+            f"node {self.node_name}; try again in {wait} s with a new ticket (`virtlab node "
+            f"console-ticket {self.node_name}{option}`)"
+        )
 
     def refusal(self, kind: Kind) -> str:
         """What a refused client is told."""

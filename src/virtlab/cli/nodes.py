@@ -39,15 +39,29 @@ def _print_node(node: dict[str, Any], as_json: bool) -> None:
         )
     if vnc and vnc["port"]:
         grid.add_row("[bold]vnc[/bold]", f"{vnc['host']}:{vnc['port']}")
+    if (serial and serial["telnet_port"]) or (vnc and vnc["port"]):
+        grid.add_row("[bold]tickets[/bold]", _ticket_advice(node))
     if node["detail"]:
         grid.add_row("[bold]detail[/bold]", node["detail"])
     out.print(grid)
+
+
+def _ticket_advice(node: dict[str, Any]) -> str:
+    """Whether the telnet and VNC ports ask for a ticket, and how to get one."""
+    if not node["consoles"].get("tickets_required"):
+        return "not needed: the console ports listen on loopback only"
+    name = node["name"]  # a node name holds no markup: letters, digits, "_.-"
+    return (
+        f"required at the telnet and VNC ports: `virtlab node console-ticket {name}` (telnet), "
+        f"`virtlab node console-ticket {name} --kind vnc` (the VNC password); each works once"
+    )
 
 
 @app.command("create")
 def create(
     name: str,
     image: Annotated[str, typer.Option("--image", "-i", help="A catalog image's name.")],
+    lab: Annotated[str, typer.Option("--lab", "-l", help="The lab it goes into.")] = "default",
     cpus: int = 1,
     ram_mb: Annotated[int, typer.Option("--ram-mb", help="Memory in MiB.")] = 256,
     disk_bus: Annotated[str, typer.Option(help="virtio, ide, sata or scsi.")] = "virtio",
@@ -67,8 +81,8 @@ def create(
 ) -> None:
     """Create a node over a catalog image (its disk is a copy-on-write overlay)."""
     body = {
-        "name": name, "image": image, "cpus": cpus, "ram_mb": ram_mb, "disk_bus": disk_bus,
-        "nics": nics, "nic_model": nic_model, "disk_size_mb": disk_size_mb,
+        "name": name, "image": image, "lab": lab, "cpus": cpus, "ram_mb": ram_mb,
+        "disk_bus": disk_bus, "nics": nics, "nic_model": nic_model, "disk_size_mb": disk_size_mb,
         "extra_args": extra_arg or [],
     }  # fmt: skip
     node = call(url, "POST", "/api/nodes", json=body).json()

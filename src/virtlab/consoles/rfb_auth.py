@@ -88,11 +88,19 @@ async def admit(
             challenge = os.urandom(16)
             writer.write(challenge)
             answer = await reader.readexactly(16)
+            address = str(peer[0]) if peer else ""
+            wait = tickets.wait_for("vnc", address)
+            if wait:  # too many wrong tickets from there: none is tried, none used up
+                log.warning("VNC %s: locked out of node %s for %d s", peer, tickets.node_name, wait)
+                await _fail(writer, minor, tickets.locked_out("vnc", address, wait))
+                return None
             if not tickets.redeem_if(
                 "vnc", lambda secret: hmac.compare_digest(vnc_response(secret, challenge), answer)
             ):
                 log.info("VNC %s: refused for node %s: no matching ticket", peer, tickets.node_name)
-                await _fail(writer, minor, tickets.refusal("vnc"))
+                wait = tickets.wrong("vnc", address)
+                said = tickets.locked_out("vnc", address, wait) if wait else None
+                await _fail(writer, minor, said or tickets.refusal("vnc"))
                 return None
             writer.write(_OK)
             client_init = await reader.readexactly(1)

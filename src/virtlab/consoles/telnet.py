@@ -200,6 +200,14 @@ class TelnetServer(TcpConsolePort):
         """Prompt for a ticket; True if it is a live one of this node (it is then used up)."""
         assert self.tickets is not None
         peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        wait = self.tickets.wait_for("telnet", address)
+        if wait:  # too many wrong tickets from there: no prompt, no ticket used up
+            log.warning("telnet %s: locked out of node %s for %d s", peer, self.tickets.node_name,
+                        wait)  # fmt: skip
+            writer.write(f"{self.tickets.locked_out('telnet', address, wait)}\r\n".encode())
+            await writer.drain()
+            return False
         writer.write(PROMPT)
         await writer.drain()
         try:
@@ -214,7 +222,9 @@ class TelnetServer(TcpConsolePort):
             writer.write(b"\r\n")
             return True
         log.info("telnet %s: refused for node %s: %s", peer, self.tickets.node_name, why)
-        writer.write(f"\r\n{self.tickets.refusal('telnet')}\r\n".encode())
+        wait = self.tickets.wrong("telnet", address) if line else 0
+        said = self.tickets.locked_out("telnet", address, wait) if wait else None
+        writer.write(f"\r\n{said or self.tickets.refusal('telnet')}\r\n".encode())
         await writer.drain()
         return False
 

@@ -204,11 +204,14 @@ class Importer:
         source_name: str,
     ) -> list[ImageRecord]:
         stem = safe_stem(source_name)
+        with self.catalog.session() as session:
+            taken = {r.name.casefold() for r in ImageRepository(session).list()}
         records = []
         for index, item in enumerate(prepared, start=1):
             suffix = ".iso" if item.inspection.format is ImageFormat.ISO else ".qcow2"
             disk_stem = stem if len(prepared) == 1 else f"{stem}-disk{index}"
-            name = self.store.custom_name(disk_stem, suffix)
+            name = self.store.custom_name(disk_stem, suffix, taken)
+            taken.add(name.casefold())
             records.append(self._record(item, name, received, source_name))
         self.store.record_intent(staging, [r.path for r in records])
         self._fault("after_intent")

@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,8 @@ def safe_stem(filename: str) -> str:
             stem = root
         else:
             break
-    stem = _UNSAFE.sub("_", stem).strip("._-")[:64]
+    # An image name starts and ends with a letter or digit (virtlab.names.IMAGE).
+    stem = _UNSAFE.sub("_", stem).strip("._+-")[:64].rstrip("._+-")
     return stem or "image"
 
 
@@ -108,10 +109,13 @@ class ImageStore:
     def empty_trash(self) -> None:
         shutil.rmtree(self.trash_dir, ignore_errors=True)
 
-    def custom_name(self, stem: str, suffix: str) -> str:
-        """``<stem>_<unix-ms><suffix>``, unique among the files in ``custom/``."""
+    def custom_name(self, stem: str, suffix: str, taken: Collection[str] = ()) -> str:
+        """``<stem>_<unix-ms><suffix>``, unique among the files in ``custom/`` and not one of
+        ``taken`` (the catalog's names, case-folded: names differing only in case collide)."""
         ms = int(time.time() * 1000)
-        while (self.custom_dir / f"{stem}_{ms}{suffix}").exists():
+        while (self.custom_dir / f"{stem}_{ms}{suffix}").exists() or (
+            f"{stem}_{ms}{suffix}".casefold() in taken
+        ):
             ms += 1
         return f"{stem}_{ms}{suffix}"
 

@@ -23,6 +23,7 @@ import zstandard
 
 from virtlab._util.units import human_size
 from virtlab.errors import CorruptImage, TooLarge, UnsupportedImage
+from virtlab.names import UPLOAD, shown
 
 __all__ = ["Payload", "sniff_wrapper", "unwrap"]
 
@@ -201,15 +202,14 @@ def _extract_ova(
 
 def _checked_member(member: tarfile.TarInfo, label: str) -> tarfile.TarInfo:
     name = member.name
-    plain = "/" not in name and "\\" not in name and name not in ("", ".", "..")
-    if not plain or not name.isprintable():
+    if UPLOAD.problem(name):  # the same rule as an upload's own file name
         raise CorruptImage(
-            f"{label}: the OVA member '{name[:80]}' is not a plain file name (paths and '..' are "
-            "refused so nothing is written outside the upload)"
+            f"{label}: the OVA member {shown(name)} is not a plain file name (paths and '..' are "
+            f"refused so nothing is written outside the upload; {UPLOAD.sentence})"
         )
     if not member.isreg():
         raise CorruptImage(
-            f"{label}: the OVA member '{name}' is not a regular file (links and devices are "
+            f"{label}: the OVA member {shown(name)} is not a regular file (links and devices are "
             "refused)"
         )
     return member

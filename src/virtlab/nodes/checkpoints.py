@@ -8,27 +8,22 @@ one moment. ``-loadvm TAG`` starts a machine from it. The catalog keeps a record
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from virtlab.errors import InvalidRequest
+from virtlab.names import TAG, shown
 
 __all__ = ["TAG_PATTERN", "SavedState", "validate_tag"]
 
 # A letter first: QEMU looks a snapshot up by its numeric id before its name, so a tag "1"
 # could name another snapshot. No comma, no space: the tag goes on the command line as it is.
-TAG_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
-_TAG = re.compile(TAG_PATTERN)
+TAG_PATTERN = TAG.pattern
 
 
 def validate_tag(tag: str) -> str:
     """Raise :class:`InvalidRequest` unless ``tag`` can name a checkpoint."""
-    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-        raise InvalidRequest(
-            f"{tag!r} cannot name a checkpoint: a tag starts with a letter and goes on with up "
-            "to 62 letters, digits, '_', '.' or '-' (QEMU would read a leading digit as a "
-            "snapshot number)"
-        )
+    if TAG.problem(tag):
+        raise InvalidRequest(f"{shown(tag)} cannot name a checkpoint: {TAG.sentence}")
     return tag
 
 

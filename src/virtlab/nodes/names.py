@@ -11,20 +11,28 @@ import hashlib
 import re
 
 from virtlab.errors import InvalidRequest
+from virtlab.names import LEGACY_LABEL, NODE
 
-__all__ = ["MAC_RE", "NAME_RULE", "stable_mac", "validate_mac", "validate_name"]
+__all__ = [
+    "MAC_RE", "NAME_RULE", "stable_mac", "validate_existing_name", "validate_mac", "validate_name",
+]  # fmt: skip
 
-NAME_RULE = "1 to 63 characters: letters, digits, '_', '.' and '-', starting with a letter or digit"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+NAME_RULE = NODE.rule  # the rule lives in virtlab.names, with every other kind of name
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _QEMU_OUI = "52:54:00"
 
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid node name, else raise :class:`InvalidRequest`."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidRequest(f"invalid node name {name!r}: a node name is {NAME_RULE}")
-    return name
+    return NODE.check(name)
+
+
+def validate_existing_name(name: str) -> str:
+    """``name`` if a node may carry it: the rule now, or the looser one of nodes made before
+    it (see :data:`virtlab.names.LEGACY_LABEL`); QEMU's ``-name`` takes either safely."""
+    if isinstance(name, str) and re.fullmatch(LEGACY_LABEL, name):
+        return name
+    return NODE.check(name)
 
 
 def stable_mac(node_id: str, index: int) -> str:

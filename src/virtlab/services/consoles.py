@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Literal
 
+from virtlab.auth.throttle import LoginThrottle
 from virtlab.auth.tickets import NodeTickets, TicketBook
 from virtlab.catalog import NodeRecord
 from virtlab.consoles import ConsoleUnavailable, SerialHub, TelnetServer, VncTcpProxy
@@ -56,10 +57,12 @@ class ConsoleManager:
         self, *, host: str, telnet_ports: PortRange, vnc_ports: PortRange,
         vnc_tcp: bool = True, scrollback_bytes: int = 256 << 10,
         tickets_required: bool = False, ticket_seconds: float = 60.0,
+        ticket_attempts: int = 5, ticket_lockout: float = 60.0,
     ) -> None:  # fmt: skip
         self.host = host
         self.tickets_required = tickets_required
-        self.tickets = TicketBook(ttl=ticket_seconds)
+        throttle = LoginThrottle(limit=ticket_attempts, window=600.0, lockout=ticket_lockout)
+        self.tickets = TicketBook(ttl=ticket_seconds, throttle=throttle)
         self.telnet_ports = telnet_ports
         self.vnc_ports = vnc_ports
         self.vnc_tcp = vnc_tcp

@@ -21,6 +21,7 @@ from virtlab.images.formats import ImageFormat
 from virtlab.images.importer import Importer, sha256_file
 from virtlab.images.inspect import inspect_file
 from virtlab.images.store import ImageStore
+from virtlab.names import IMAGE
 
 __all__ = ["BaseScanner", "ImageCheck", "ScanReport", "VerifyReport"]
 
@@ -73,16 +74,21 @@ class BaseScanner:
         report = ScanReport()
         records = self._records()
         known_paths = {r.path for r in records}
-        known_names = {r.name for r in records}
+        known_names = [r.name for r in records]
         for entry in sorted(self.store.images_dir.iterdir()):
             if entry.name.startswith(".") or not entry.is_file() or entry.is_symlink():
                 continue
             if entry.name in known_paths:
                 continue
-            if entry.name in known_names:
+            why = IMAGE.problem(entry.name)
+            if why:
+                report.refused[printable(entry.name)] = f"{why}; rename the file"
+                continue
+            other = IMAGE.clash(entry.name, known_names)
+            if other is not None:
                 report.refused[entry.name] = (
-                    f"{entry.name}: an image of that name is already in the catalog; "
-                    "rename the file"
+                    f"{entry.name}: an image of that name ({other}) is already in the catalog "
+                    "(names that differ only in case collide); rename the file"
                 )
                 continue
             try:
@@ -93,6 +99,7 @@ class BaseScanner:
             with self.catalog.session() as session:
                 ImageRepository(session).add(record)
             report.added.append(record.name)
+            known_names.append(record.name)
         report.missing = [r.name for r in records if not self.store.absolute(r.path).exists()]
         return report
 
@@ -200,3 +207,10 @@ class BaseScanner:
 
 def _actual(path: Path) -> int:
     return path.stat().st_blocks * 512
+
+
+def printable(name: str) -> str:
+    """A file name as a report can carry it: bytes that are not UTF-8 and control characters
+    escaped (``\\xff``, ``\\n``)."""
+    raw = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw)

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from virtlab.catalog import Catalog, ImageRecord, ImageRepository
-from virtlab.errors import Conflict, ImageInUse, InvalidRequest, NotFound, VirtlabError
+from virtlab.errors import Conflict, ImageInUse, NotFound, VirtlabError
 from virtlab.images.importer import Importer
 from virtlab.images.progress import ImportJob, ImportJobs
 from virtlab.images.receive import receive
 from virtlab.images.store import ImageStore
+from virtlab.names import UPLOAD
 from virtlab.services.image_scan import BaseScanner, ScanReport, VerifyReport
 from virtlab.services.limits import SYSTEM, ImportSlots, Requester
 
@@ -49,10 +50,7 @@ class ImageService:
         """Stage, unwrap, inspect, convert, verify and register one upload. It takes an
         import slot of ``who``'s first (refused at once when none is free), unless the caller
         ``held`` one already (a lab archive's images)."""
-        if not source_name or len(source_name) > 255 or not source_name.isprintable():
-            raise InvalidRequest(
-                "the upload's file name must be 1 to 255 printable characters; rename the file"
-            )
+        UPLOAD.check(source_name)
         with contextlib.nullcontext() if held else self.slots.take(who):
             return await self._import(chunks, source_name, job_id, expected_size)
 

@@ -25,7 +25,7 @@ from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.labs import DEFAULT_LAB_ID, LabRecord, LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.links.impairment import Impairment
-from virtlab.nodes.names import validate_name
+from virtlab.names import LAB
 from virtlab.nodes.spec import DiskBus, NicModel
 from virtlab.nodes.state import NodeState
 from virtlab.services.deploy_intents import DeployIntents
@@ -89,6 +89,10 @@ class LabService:
             labs = LabRepository(session).list()
         return [self.summary(lab) for lab in labs]
 
+    def names(self) -> list[str]:
+        with self.catalog.session() as session:
+            return [lab.name for lab in LabRepository(session).list()]
+
     def summary(self, lab: LabRecord) -> LabSummary:
         with self.catalog.session() as session:
             nodes = NodeRepository(session).in_lab(lab.id)
@@ -98,7 +102,7 @@ class LabService:
 
     async def create(self, name: str, owner_id: str | None = None) -> LabRecord:
         """An empty lab; ``owner_id``: the user it belongs to (None: admins only)."""
-        validate_name(name)
+        LAB.check(name)
         record = LabRecord(
             id=secrets.token_hex(6), name=name, created_at=datetime.now(UTC), owner_id=owner_id
         )
@@ -107,6 +111,7 @@ class LabService:
             repo = LabRepository(session)
             if repo.by_name(name) is not None:
                 raise Conflict(f"a lab named {name} already exists; choose another name")
+            LAB.refuse_clash(name, [lab.name for lab in repo.list()], "this server")
             repo.add(record)
 
         await self.catalog.write(add)
@@ -175,7 +180,7 @@ class LabService:
     async def _deploy_new(
         self, wanted: ResolvedLab, *, start: bool, owner_id: str | None, made: Callable[[], None]
     ) -> LabRecord:
-        validate_name(wanted.name)
+        LAB.check(wanted.name)
         async with AsyncExitStack() as undo:
             self.intents.record(wanted)  # before the lab exists: a crash leaves it findable
             undo.callback(self.intents.forget, wanted.name)

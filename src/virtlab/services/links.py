@@ -24,6 +24,7 @@ from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.labs import LinkRecord, LinkRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.links import Endpoint, Impairment, Relay, connect_direct, connect_via, disconnect
+from virtlab.names import ENDPOINT
 from virtlab.nodes.state import NodeState
 from virtlab.services.events import EventBus
 from virtlab.services.nodes import NodeService
@@ -32,15 +33,14 @@ __all__ = ["LinkService", "parse_endpoint"]
 
 log = logging.getLogger("virtlab.links")
 
-_ENDPOINT = re.compile(r"^(?P<node>[^:]+):eth(?P<index>\d{1,2})$")
+_ENDPOINT = re.compile(r"^(?P<node>[^:]+):eth(?P<index>\d{1,2})$")  # once ENDPOINT passed
 _DIRECTIONS = ("a_to_b", "b_to_a")
 _RUNNING = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
-    match = _ENDPOINT.match(text.strip())
-    if not match:
-        raise InvalidRequest(f"{text!r} is not an interface: write NODE:ethN, e.g. r1:eth1")
+    match = _ENDPOINT.match(ENDPOINT.check(text))
+    assert match is not None
     return match["node"], int(match["index"])
 
 

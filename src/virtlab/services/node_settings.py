@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from virtlab.catalog import NodeRecord
 from virtlab.errors import InvalidRequest
-from virtlab.nodes.names import stable_mac, validate_name
+from virtlab.nodes.names import stable_mac, validate_existing_name, validate_name
 from virtlab.nodes.qemu.argv import MAX_NICS, check_extra_args
 from virtlab.nodes.spec import DiskBus, Forward, NicModel, NicSpec, UserNet
 
@@ -35,8 +35,10 @@ class NodeSettings:
     management: dict = field(default_factory=dict)  # user-mode NICs: see NodeRecord
     position: tuple[float, float] | None = None
 
-    def checked(self) -> NodeSettings:
-        validate_name(self.name)
+    def checked(self, *, new_name: bool = True) -> NodeSettings:
+        """Every field checked; the name by today's rule when it is new (a node made before
+        the rule keeps its name through other edits)."""
+        (validate_name if new_name else validate_existing_name)(self.name)
         if not 1 <= self.cpus <= 64:
             raise InvalidRequest(f"cpus must be between 1 and 64, not {self.cpus}")
         if not 16 <= self.ram_mb <= 1 << 20:

@@ -27,6 +27,7 @@ from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
+from virtlab.names import NODE
 from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.memory import RamLedger
 from virtlab.nodes.spec import (
@@ -223,9 +224,10 @@ class NodeService:
 
     def _check_name_free(self, name: str, lab_id: str, but: str | None = None) -> None:
         with self.catalog.session() as session:
-            taken = any(r.id != but for r in NodeRepository(session).by_name(name, lab_id))
-        if taken or (but is None and (lab_id, name) in self._names_making):
-            raise Conflict(f"this lab already has a node named {name}; choose another name")
+            others = [r.name for r in NodeRepository(session).in_lab(lab_id) if r.id != but]
+        if but is None:  # and the names of nodes being made in that lab right now
+            others += [made for lab, made in self._names_making if lab == lab_id]
+        NODE.refuse_clash(name, others, "this lab")
 
     async def edit(self, ref: str, **changes: object) -> NodeRecord:
         record = self.get(ref)
@@ -251,7 +253,8 @@ class NodeService:
                 raise InvalidRequest("a node's image cannot change; create another node")
             moved = [k for k in _HARDWARE if k in changes and changes[k] != getattr(record, k)]
             self._refuse_if_checkpoints(record, "change", moved)
-            wanted = replace(current, **changes).checked()  # type: ignore[arg-type]
+            renamed = changes.get("name", record.name) != record.name
+            wanted = replace(current, **changes).checked(new_name=renamed)  # type: ignore[arg-type]
             self._check_name_free(wanted.name, record.lab_id, but=record.id)
             fields = {
                 k: getattr(wanted, k).value if hasattr(getattr(wanted, k), "value")

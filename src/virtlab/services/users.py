@@ -29,22 +29,17 @@ from virtlab.errors import (
     TooManyAttempts,
     Unauthorized,
 )
+from virtlab.names import TOKEN_LABEL, USER
 
 __all__ = ["MAX_TOKEN_HOURS", "ROLES", "Principal", "UserService", "validate_user_name"]
 
 ROLES = ("admin", "user")
 MAX_TOKEN_HOURS = 24 * 365 * 10  # a token's longest lifetime, when it has one
-USER_RULE = (
-    "1 to 32 characters: lower-case letters, digits, '_', '.' and '-', starting with a letter"
-)
-_USER_RE = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per token
 
 
 def validate_user_name(name: str) -> str:
-    if not isinstance(name, str) or not _USER_RE.fullmatch(name):
-        raise InvalidRequest(f"invalid user name {name!r}: a user name is {USER_RULE}")
-    return name
+    return USER.check(name)
 
 
 def _now() -> datetime:
@@ -164,6 +159,7 @@ class UserService:
         """A new token for ``name``: its record and the value to hand over once."""
         if kind not in ("api", "session"):
             raise InvalidRequest(f"a token is an api token or a session, not {kind!r}")
+        TOKEN_LABEL.check(label)
         if hours is not None and not 0 < hours <= MAX_TOKEN_HOURS:
             raise InvalidRequest(
                 f"a token's lifetime is more than 0 and at most {MAX_TOKEN_HOURS} hours "
@@ -199,11 +195,11 @@ class UserService:
                 f"try again in {wait} s", wait,
             )  # fmt: skip
         refused = Unauthorized("wrong user name or password; check both and log in again")
-        try:
-            validate_user_name(name)
-        except InvalidRequest:
+        # The rule before virtlab.names (a trailing '.', '-' or '_' allowed), so that users
+        # made then still log in; new users follow USER.
+        if not re.fullmatch(r"[a-z][a-z0-9_.-]{0,31}", name):
             self.throttle.failed(name, address)
-            raise refused from None
+            raise refused
         with self.catalog.session() as session:
             user = UserRepository(session).by_name(name)
         stored = user.password_hash if user else _DUMMY_HASH  # the same work either way

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from virtlab.errors import InvalidRequest
+from virtlab.names import shown
 from virtlab.nodes.names import NAME_RULE
 from virtlab.topology.model import BOUNDS, ENDPOINT_RULE, LabFile
 
@@ -113,7 +114,7 @@ def _key_message(where: Loc, key: Any, err: Any) -> str:
     what = _NAMED.get(tuple(where[-2:]), "key")
     if err["type"] == "string_type":
         return f"{what} {key!r} must be text: quote it ('{key}')"
-    return f"invalid {what} {key!r}: a {what} is {NAME_RULE}"
+    return f"invalid {what} {shown(key)}: a {what} is {NAME_RULE}"
 
 
 def _extra_message(loc: Loc) -> str:
@@ -170,9 +171,9 @@ def _message(loc: Loc, err: Any) -> str:
 
 def _pattern_message(loc: Loc, field: str, value: Any) -> str:
     if "endpoints" in loc:
-        return f"{value!r} is not an endpoint: {ENDPOINT_RULE}"
+        return f"{shown(value)} is not an endpoint: {ENDPOINT_RULE}"
     what = {"name": "lab name", "kind": "kind name", "host": "host name"}.get(field, field)
-    return f"invalid {what} {value!r}: a {what} is {NAME_RULE}"
+    return f"invalid {what} {shown(value)}: a {what} is {NAME_RULE}"
 
 
 def _model_at(loc: Iterable[Any]) -> type[BaseModel] | None:

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from virtlab.names import ENDPOINT, NODE
 from virtlab.nodes.spec import DiskBus, NicModel
 
 __all__ = [
@@ -48,8 +49,8 @@ __all__ = [
     "TopologyDefaults",
 ]
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-ENDPOINT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}:eth(0|[1-9][0-9]?)$"
+NAME_PATTERN = NODE.pattern  # node, kind, lab and host names (virtlab.names)
+ENDPOINT_PATTERN = ENDPOINT.pattern
 ENDPOINT_RULE = "write an endpoint as node:ethN, e.g. r1:eth1"
 
 # (lowest, highest) of every bounded number: the models and the error messages share them.

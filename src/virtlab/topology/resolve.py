@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from virtlab.errors import InvalidRequest
+from virtlab.names import NODE
 from virtlab.nodes.qemu.extra_args import check_extra_args
 from virtlab.topology._parse import KINDS, LINKS, NODES, Parsed, Source, parse
 from virtlab.topology._problems import LabFileInvalid, Loc, Problems, format_loc
@@ -105,6 +106,7 @@ class _Resolver:
         self.forward_locs: dict[str, Loc] = {}  # node -> where its forwards were written
 
     def run(self) -> ResolvedLab:
+        self._check_case_clashes()
         for name, config in self.lab.topology.nodes.items():
             node = self._node(name, config or NodeConfig())
             if node is None:
@@ -116,6 +118,20 @@ class _Resolver:
         return ResolvedLab(self.lab.name, tuple(self.nodes.values()), tuple(links)).canonical()
 
     # nodes
+
+    def _check_case_clashes(self) -> None:
+        """Node names that differ only in case collide (virtlab.names: ``nodes/R1.qcow2`` and
+        ``nodes/r1.qcow2`` are one file on a case-insensitive file system)."""
+        seen: list[str] = []
+        for name in self.lab.topology.nodes:
+            other = NODE.clash(name, seen)
+            if other is not None:
+                self.problems.add(
+                    (*NODES, name),
+                    f"node {name!r} collides with node {other!r}: node names that differ only "
+                    "in case collide; rename one",
+                )
+            seen.append(name)
 
     def _kind_of(self, name: str, config: NodeConfig) -> tuple[str, Loc]:
         if config.kind is not None:

@@ -10,34 +10,34 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
+from virtlab.api.access import AMBIGUOUS
 from virtlab.api.deps import RuntimeDep
 from virtlab.api.errors import refusal
 from virtlab.api.node_schemas import Node
 from virtlab.api.routes.labs import LabInfo, LabName
 from virtlab.api.routes.nodes import NodeRef
+from virtlab.api.routes.nodes import _out as node_out
 from virtlab.catalog import NodeRecord
 from virtlab.catalog.checkpoints import CheckpointRecord
+from virtlab.names import TAG
 from virtlab.services.checkpoints import LabCheckpoint
 
 router = APIRouter(tags=["checkpoints"])
 
 REFUSED = {
-    400: refusal("A tag that cannot name a checkpoint"),
+    400: refusal(f"A tag that cannot name a checkpoint, or {AMBIGUOUS}"),
     404: refusal("No such node, lab or checkpoint"),
     409: refusal("Not now (the reason is in detail: a node's state, a tag in use, a "
                  "checkpoint QEMU cannot load)"),
 }  # fmt: skip
-Tag = Annotated[str, Path(min_length=1, max_length=63, description="the checkpoint's tag")]
+Tag = Annotated[str, Path(min_length=1, max_length=255, description="the checkpoint's tag")]
 Force = Annotated[
     bool, Query(description="kill the nodes that run first (what they did since is lost)")
 ]
 
 
 class CheckpointTake(BaseModel):
-    tag: str = Field(
-        min_length=1, max_length=63, examples=["configured"],
-        description="a letter, then letters, digits, '_', '.' or '-'",
-    )  # fmt: skip
+    tag: str = Field(examples=["configured"], description=f"a checkpoint tag: {TAG.rule}")
 
 
 class Checkpoint(BaseModel):
@@ -131,7 +131,7 @@ async def resume_node_checkpoint(
     ref: NodeRef, tag: Tag, runtime: RuntimeDep, force: Force = False
 ) -> Node:
     record = await runtime.checkpoints.resume_node(ref, tag, force=force)
-    return Node.of(record, runtime.settings.console_host, runtime.nodes.lab_name(record.lab_id))
+    return node_out(runtime, record)
 
 
 @router.delete("/api/nodes/{ref}/checkpoints/{tag}", status_code=204, responses=REFUSED,

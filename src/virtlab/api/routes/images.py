@@ -7,6 +7,7 @@ import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from virtlab.api.auth import PrincipalDep, require_admin, require_role
 from virtlab.api.deps import ImageServiceDep, RuntimeDep
@@ -22,7 +23,7 @@ from virtlab.api.schemas import (
     VerifyResult,
 )
 from virtlab.catalog import ImageRecord
-from virtlab.errors import InvalidRequest
+from virtlab.names import UPLOAD
 from virtlab.services.limits import Requester
 
 router = APIRouter(tags=["images"])
@@ -32,6 +33,21 @@ TOO_MANY_IMPORTS = refusal(
     "share: VIRTLAB_MAX_CONCURRENT_IMPORTS_PER_USER); nothing was received. Retry-After says "
     "when to try again"
 ) | {"headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}
+
+
+class _Rest(Convertor[str]):
+    """The rest of a path, whatever it holds (Starlette's ``path`` stops at a newline)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("rest", _Rest())
 
 
 IMPORT_ERRORS = {
@@ -51,6 +67,9 @@ ImportId = Annotated[
     ),
 ]
 ImageName = Annotated[str, Path(min_length=1, max_length=255)]
+# The whole rest of the path, newlines included (``{name:rest}``), so that ``a/b``, ``../x`` or
+# ``a\nb`` is refused by the rule, with the rule, rather than routed elsewhere or nowhere.
+UploadName = Annotated[UPLOAD.field("the uploaded file's name"), Path()]
 
 
 def _imported(records: list[ImageRecord]) -> ImportedImage:
@@ -97,13 +116,14 @@ async def upload_custom(
 
 
 @router.put(
-    "/api/images/{name}", status_code=201, response_model=ImportedImage, responses=IMPORT_ERRORS,
+    "/api/images/{name:rest}", status_code=201, response_model=ImportedImage,
+    responses=IMPORT_ERRORS,
     summary="Import an image sent as the raw request body",
     openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
         "schema": {"type": "string", "format": "binary"}}}}},
 )  # fmt: skip
 async def upload_raw(
-    name: ImageName,
+    name: UploadName,
     request: Request,
     images: ImageServiceDep,
     who: PrincipalDep,
@@ -111,10 +131,9 @@ async def upload_raw(
     import_id: ImportId = None,
 ) -> ImportedImage:
     """`curl -T router.vmdk http://localhost:8080/api/images/router.vmdk`; `name` is the file's
-    name, used for the stored image's name (`router_<ms>.qcow2`)."""
+    name, used for the stored image's name (`router_<ms>.qcow2`). A name that is a path, holds
+    control characters or is longer than 255 characters is refused (400)."""
     require_role(who, runtime.settings.upload_role, "upload images")
-    if "/" in name or "\\" in name or name in (".", ".."):
-        raise InvalidRequest(f"{name!r} is not a plain file name")
     records = await images.import_upload(
         request.stream(),
         name,

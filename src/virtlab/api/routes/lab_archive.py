@@ -12,10 +12,12 @@ from starlette.background import BackgroundTask
 from virtlab.api.auth import PrincipalDep, require_role
 from virtlab.api.deps import RuntimeDep
 from virtlab.api.errors import refusal, refusal_or_invalid
-from virtlab.api.node_schemas import NAME_PATTERN
 from virtlab.api.routes.images import TOO_MANY_IMPORTS
 from virtlab.api.routes.labs import LabInfo, LabName
+from virtlab.names import LAB
 from virtlab.services.limits import Requester
+
+ImportName = LAB.field("a name for the lab (default: its own)")
 
 router = APIRouter(tags=["labs"])
 
@@ -66,8 +68,7 @@ async def archive_lab(
 )  # fmt: skip
 async def import_lab(
     request: Request, runtime: RuntimeDep, who: PrincipalDep,
-    name: Annotated[str | None, Query(pattern=NAME_PATTERN,
-                                      description="a name for the lab (default: its own)")] = None,
+    name: Annotated[ImportName | None, Query()] = None,
     checkpoints: Annotated[bool, Query(
         description="keep the nodes' checkpoints (false: delete them from the disks; QEMU "
                     "loads a checkpoint's saved machine state as it is)")] = True,

@@ -11,10 +11,11 @@ from pydantic import BaseModel, Field
 from virtlab.api.access import AccessDep
 from virtlab.api.deps import RuntimeDep
 from virtlab.api.errors import refusal
-from virtlab.api.node_schemas import NAME_PATTERN, Node
+from virtlab.api.node_schemas import Node
 from virtlab.api.routes.links import Link
 from virtlab.api.routes.links import _out as link_out
 from virtlab.errors import InvalidRequest
+from virtlab.names import LAB, LEGACY_LABEL
 from virtlab.services.labs import LabSummary
 from virtlab.topology import json_schema
 
@@ -28,12 +29,14 @@ REFUSED = {
         "(nodes per user; RAM promised against the host's memory)"
     ),
 }
-LabName = Annotated[str, Path(pattern=NAME_PATTERN)]
+# A lab named in a path is looked up: made before today's rule, it may only follow the old one.
+LabName = Annotated[str, Path(pattern=LEGACY_LABEL, description="the lab's name")]
+NewLabName = LAB.field("an empty lab of this name")
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain")
 
 
 class LabCreate(BaseModel):
-    name: str | None = Field(None, pattern=NAME_PATTERN, description="an empty lab of this name")
+    name: NewLabName | None = None
     topology: str | None = Field(
         None, max_length=1 << 20, description="a topology file (YAML) to deploy"
     )
@@ -119,7 +122,11 @@ async def create_lab(
 def get_lab(name: LabName, runtime: RuntimeDep) -> LabDetail:
     summary = runtime.labs.summary(runtime.labs.get(name))
     info = LabInfo.of(summary)
-    nodes = [Node.of(n, runtime.settings.console_host, name) for n in summary.nodes]
+    settings = runtime.settings
+    nodes = [
+        Node.of(n, settings.console_host, name, settings.console_tickets_required)
+        for n in summary.nodes
+    ]
     links = [link_out(runtime, link) for link in runtime.links.list(summary.lab.id)]
     return LabDetail(**info.model_dump(), node_list=nodes, link_list=links)
 

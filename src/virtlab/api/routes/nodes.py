@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, WebSocket
 
-from virtlab.api.access import AccessDep
+from virtlab.api.access import AMBIGUOUS, AccessDep
 from virtlab.api.deps import NodeServiceDep, RuntimeDep
 from virtlab.api.errors import refusal
 from virtlab.api.node_schemas import (
@@ -23,7 +23,7 @@ from virtlab.services.nodes import NodeSettings
 
 router = APIRouter(tags=["nodes"])
 
-NOT_FOUND = {404: refusal("No such node")}
+NOT_FOUND = {404: refusal("No such node"), 400: refusal(AMBIGUOUS[0].upper() + AMBIGUOUS[1:])}
 REFUSED = {**NOT_FOUND, 409: refusal("Not now: the node's state forbids it")}
 NodeRef = Annotated[
     str, Path(min_length=1, max_length=130, description="the node's id, NAME, or LAB:NAME")
@@ -31,7 +31,11 @@ NodeRef = Annotated[
 
 
 def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]
-    return Node.of(record, runtime.settings.console_host, runtime.nodes.lab_name(record.lab_id))
+    settings = runtime.settings
+    return Node.of(
+        record, settings.console_host, runtime.nodes.lab_name(record.lab_id),
+        settings.console_tickets_required,
+    )  # fmt: skip
 
 
 @router.post(
@@ -70,7 +74,7 @@ def get_node(ref: NodeRef, nodes: NodeServiceDep, runtime: RuntimeDep) -> Node:
     "/api/nodes/{ref}",
     response_model=Node,
     summary="Change a stopped node's settings",
-    responses={**REFUSED, 400: refusal("Bad settings")},
+    responses={**REFUSED, 400: refusal(f"Bad settings, or {AMBIGUOUS}")},
 )
 async def edit_node(
     ref: NodeRef, body: NodeUpdate, nodes: NodeServiceDep, runtime: RuntimeDep
@@ -144,7 +148,7 @@ async def screenshot(ref: NodeRef, nodes: NodeServiceDep) -> Response:
 
 @router.post(
     "/api/nodes/{ref}/console/ticket", response_model=ConsoleTicketOut,
-    responses={**REFUSED, 400: refusal("A body that is not JSON")},
+    responses={**REFUSED, 400: refusal(f"A body that is not JSON, or {AMBIGUOUS}")},
     summary="A short-lived, single-use ticket for a running node's telnet or VNC port",
 )  # fmt: skip
 def console_ticket(

@@ -21,6 +21,7 @@ from virtlab.api.errors import refusal
 from virtlab.auth import passwords
 from virtlab.catalog.users import TokenRecord, UserRecord
 from virtlab.errors import InvalidRequest, Unauthorized
+from virtlab.names import TOKEN_LABEL, USER
 from virtlab.services.users import MAX_TOKEN_HOURS
 
 __all__ = ["public", "router"]
@@ -37,6 +38,8 @@ REFUSED = {
 }
 UserName = Annotated[str, Path(min_length=1, max_length=32)]
 TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
+NewUserName = USER.field()
+TokenLabel = TOKEN_LABEL.field("what the token is for (api)")
 Role = Literal["admin", "user"]
 
 
@@ -71,7 +74,7 @@ class LoginRequest(BaseModel):
     kind: Literal["session", "api"] = Field(
         "session", description="session: a browser cookie; api: a token for the CLI or scripts"
     )
-    label: str = Field("", max_length=63, description="what the token is for (api)")
+    label: TokenLabel = ""
 
 
 class LoginResult(BaseModel):
@@ -86,7 +89,7 @@ class Me(BaseModel):
 
 
 class UserCreate(BaseModel):
-    name: str = Field(max_length=64)
+    name: NewUserName
     role: Role = "user"
     password: str | None = Field(
         None, max_length=passwords.MAX_LENGTH, description="generated (and returned) if absent"
@@ -109,7 +112,7 @@ class PasswordChange(BaseModel):
 
 
 class TokenCreate(BaseModel):
-    label: str = Field("", max_length=63)
+    label: TokenLabel = ""
     hours: float | None = Field(
         None, gt=0, le=MAX_TOKEN_HOURS, description="lifetime; none: until revoked"
     )

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from virtlab.errors import InvalidRequest
 from virtlab.nodes.checkpoints import validate_tag
-from virtlab.nodes.names import validate_mac, validate_name
+from virtlab.nodes.names import validate_existing_name, validate_mac
 from virtlab.nodes.qemu.extra_args import ALLOWED_EXTRA_ARGS, check_extra_args
 from virtlab.nodes.spec import Accel, DiskBus, NicSpec, NodeSpec, RunPaths, UdpTunnel, UserNet
 
@@ -100,7 +100,7 @@ def _esc(value: str | Path) -> str:
 
 def validate_spec(spec: NodeSpec) -> None:
     """Raise :class:`InvalidRequest` if ``spec`` cannot become a safe command line."""
-    validate_name(spec.name)
+    validate_existing_name(spec.name)
     if not 1 <= spec.cpus <= MAX_CPUS:
         raise InvalidRequest(f"node {spec.name}: cpus must be 1 to {MAX_CPUS}, not {spec.cpus}")
     if not MIN_RAM_MB <= spec.ram_mb <= MAX_RAM_MB:

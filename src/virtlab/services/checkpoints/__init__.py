@@ -28,6 +28,7 @@ from pathlib import Path
 from virtlab.catalog import Catalog, NodeRecord
 from virtlab.catalog.checkpoints import DELETING, READY, CheckpointRecord
 from virtlab.errors import Conflict, InvalidRequest, ToolFailure, VirtlabError
+from virtlab.names import TAG
 from virtlab.nodes.checkpoints import validate_tag
 from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.state import Action, NodeState, guard
@@ -94,7 +95,7 @@ class CheckpointService(CheckpointBook):
                     f"be suspended): `virtlab lab start {lab.name}` first, or checkpoint nodes "
                     "one by one (`virtlab node checkpoint NODE TAG`)"
                 )
-            if any(c.tag == tag for c in self.of_lab(lab.name)):
+            if TAG.clash(tag, [c.tag for c in self.of_lab(lab.name)]) is not None:
                 raise Conflict(
                     f"lab {lab.name} has a checkpoint named {tag} already; choose another tag, "
                     f"or delete it first (`virtlab lab checkpoints rm {lab.name} {tag}`)"

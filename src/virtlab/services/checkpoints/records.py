@@ -11,6 +11,7 @@ from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import READY, SAVING, CheckpointRecord, CheckpointRepository
 from virtlab.catalog.labs import LabRecord
 from virtlab.errors import Conflict, NotFound
+from virtlab.names import TAG
 from virtlab.nodes.checkpoints import SavedState
 from virtlab.services.labs import LabService
 from virtlab.services.nodes import NodeService
@@ -96,11 +97,17 @@ class CheckpointBook:
         ]
 
     def tag_free(self, nodes: list[NodeRecord], tag: str) -> None:
-        taken = [n.name for n in nodes if tag in self.tags_of(n.id)]
+        """Refuse a tag that a node has already, or has but for case (they collide)."""
+        clashes = {n.name: TAG.clash(tag, self.tags_of(n.id)) for n in nodes}
+        taken = {name: other for name, other in clashes.items() if other is not None}
         if taken:
+            named = ", ".join(sorted(set(taken.values())))
+            case = (
+                "" if set(taken.values()) == {tag} else " (tags that differ only in case collide)"
+            )
             raise Conflict(
                 f"{', '.join(taken)} already {'has' if len(taken) == 1 else 'have'} a checkpoint "
-                f"named {tag}; choose another tag, or delete that one first"
+                f"named {named}{case}; choose another tag, or delete that one first"
             )
 
     # -- writing ------------------------------------------------------------------------------

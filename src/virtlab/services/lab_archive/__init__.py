@@ -56,6 +56,7 @@ from virtlab.images.progress import ImportJob
 from virtlab.images.qemu_img import QemuImg
 from virtlab.images.receive import receive
 from virtlab.images.store import Staging
+from virtlab.names import LAB
 from virtlab.nodes.spec import RunPaths
 from virtlab.nodes.state import NodeState
 from virtlab.services.checkpoints import CheckpointService
@@ -244,6 +245,8 @@ class LabArchiver:
         with contextlib.suppress(NotFound):
             self.labs.get(lab_name)
             raise Conflict(f"a lab named {lab_name} already exists; import it under another name")
+        LAB.check(lab_name)
+        LAB.refuse_clash(lab_name, self.labs.names(), "this server")
         if self.nodes.quota is not None:  # before any disk is extracted or image imported
             what = f"lab {lab_name} ({len(manifest.nodes)} nodes)"
             self.nodes.quota.check(owner_id, len(manifest.nodes), what)

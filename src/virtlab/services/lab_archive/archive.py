@@ -28,6 +28,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from virtlab.errors import InvalidRequest, TooLarge, ToolFailure
 from virtlab.images.formats import ImageKind
 from virtlab.images.inspect.verdict import quoted
+from virtlab.names import NODE, UPLOAD
 from virtlab.nodes.checkpoints import TAG_PATTERN
 from virtlab.nodes.qemu.argv import MACHINE_PATTERN
 from virtlab.topology import ResolvedLab
@@ -44,7 +45,7 @@ READABLE = (1, 2)
 MAX_SMALL = 1 << 20  # manifest.json and lab.yaml
 MAX_MEMBERS = 4096
 CHUNK = 1 << 20
-NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"  # a node name (virtlab.nodes.names)
+NAME = NODE.pattern.strip("^$")  # a node name (virtlab.names)
 SHA = r"[0-9a-f]{64}"
 _MEMBER = re.compile(rf"manifest\.json|lab\.yaml|nodes/{NAME}\.qcow2|images/{SHA}\.(qcow2|iso)")
 
@@ -55,8 +56,11 @@ Members = dict[str, tuple[int, int]]  # name -> (offset of its data, size)
 
 
 def _plain(value: str) -> str:
-    if not value.isprintable() or "/" in value or "\\" in value:
-        raise ValueError("an image name is printable and has no slash")
+    """An image's name on the server the archive comes from: its own rule may have been
+    looser, but it becomes an upload's file name here (virtlab.names.UPLOAD)."""
+    why = UPLOAD.problem(value)
+    if why:
+        raise ValueError(why)
     return value
 
 
