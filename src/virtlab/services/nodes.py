@@ -134,7 +134,7 @@ class NodeService:
             disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
             start_paused=True,
             vnc=record.vnc, uuid=str(uuid.uuid5(_UUID_NAMESPACE, record.id)),
-            extra_args=record.extra_args,
+            extra_args=record.extra_args, host=record.host,
         )  # fmt: skip
 
     # -- creating and editing -----------------------------------------------------------------
