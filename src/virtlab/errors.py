@@ -22,6 +22,7 @@ to what, and what to do next. The API maps each class to an HTTP status through
      │    └── TooLarge             past a size cap (upload, expanded, virtual)(413)
      ├── InsufficientStorage       the data directory's disk is full         (507)
      └── ToolFailure               an external tool failed unexpectedly      (500)
+      └── HostFailure          a host's libvirt answered with an error   (500)
 
 Failures carry their evidence as attributes (the tool's argv, exit code, stderr tail) so that
 logs can show it while the message stays short.
@@ -35,6 +36,8 @@ __all__ = [
     "Conflict",
     "CorruptImage",
     "Forbidden",
+    "HostFailure",
+    "HostUnreachable",
     "ImageInUse",
     "ImageRejected",
     "InsufficientStorage",
@@ -93,6 +96,14 @@ class ImageInUse(Conflict):
         self.users = tuple(users)
 
 
+class HostUnreachable(Conflict):
+    """A host's libvirt daemon cannot be reached now (``host``: its name)."""
+
+    def __init__(self, message: str, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+
+
 class InvalidRequest(VirtlabError):
     """A request is malformed: a bad name, a missing field, an unknown option."""
 
@@ -135,3 +146,12 @@ class ToolFailure(VirtlabError):
         self.argv = tuple(argv)
         self.returncode = returncode
         self.stderr = stderr
+
+
+class HostFailure(ToolFailure):
+    """A host's libvirt refused or failed a call; ``code`` is libvirt's error number."""
+
+    def __init__(self, message: str, host: str = "", code: int | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.code = code

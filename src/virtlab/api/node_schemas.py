@@ -39,6 +39,10 @@ class NodeCreate(BaseModel):
     extra_args: list[str] = Field(
         default_factory=list, max_length=32, description="extra QEMU arguments (an allow-list)"
     )
+    host: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="the host it runs on (`local` or a libvirt host); none: placed by policy",
+    )  # fmt: skip
 
 
 class NodeUpdate(BaseModel):

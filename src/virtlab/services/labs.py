@@ -12,7 +12,7 @@ import asyncio
 import secrets
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
@@ -20,7 +20,7 @@ from virtlab.catalog.labs import DEFAULT_LAB_ID, LabRecord, LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.links.impairment import Impairment
 from virtlab.nodes.names import validate_name
-from virtlab.nodes.spec import DiskBus, NicModel
+from virtlab.nodes.spec import LOCAL_HOST, DiskBus, NicModel
 from virtlab.nodes.state import NodeState
 from virtlab.services.events import EventBus
 from virtlab.services.links import LinkService
@@ -114,7 +114,7 @@ class LabService:
                 "choose another name"
             )
         if existing is not None:
-            if self.resolved(existing) == wanted.canonical():
+            if _placed_as_asked(self.resolved(existing), wanted) == wanted.canonical():
                 if start:
                     await self.start(existing.name)
                 return existing, False
@@ -209,6 +209,7 @@ class LabService:
                 ram_mb=n.ram_mb, disk_bus=DiskBus(n.disk_bus), nics=n.nics,
                 nic_model=NicModel(n.nic_model), disk_size_mb=n.disk_size_mb, serial=n.serial,
                 vnc=n.vnc, extra_args=n.extra_args,
+                host=None if n.host == LOCAL_HOST else n.host,
                 management=_nat_spec(n.management["mgmt"]) if "mgmt" in n.management else None,
                 position=Position(n.position_x, n.position_y)
                 if n.position_x is not None and n.position_y is not None else None,
@@ -297,8 +298,19 @@ def _settings(node: ResolvedNode, lab: str, management: dict) -> NodeSettings:
         disk_bus=node.disk_bus, nics=node.nics, nic_model=node.nic_model,
         disk_size_mb=node.disk_size_mb, serial=node.serial, vnc=node.vnc,
         extra_args=node.extra_args, kind=node.kind, management=management,
-        position=(node.position.x, node.position.y) if node.position else None,
+        position=(node.position.x, node.position.y) if node.position else None, host=node.host,
     )  # fmt: skip
+
+
+def _placed_as_asked(current: ResolvedLab, wanted: ResolvedLab) -> ResolvedLab:
+    """``current`` with the host of each node the file leaves to placement left out too, so a
+    placed node does not make the same file differ."""
+    asked = {n.name: n.host for n in wanted.nodes}
+    nodes = tuple(
+        replace(n, host=None if asked.get(n.name) is None else n.host or LOCAL_HOST)
+        for n in current.nodes
+    )
+    return replace(current, nodes=nodes).canonical()
 
 
 def _impairment_dict(link: ResolvedLink) -> dict:

@@ -29,6 +29,7 @@ from virtlab.images.formats import ImageKind
 from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import (
+    LOCAL_HOST,
     Accel,
     DiskBus,
     NicModel,
@@ -77,6 +78,9 @@ class NodeService:
         self.after_start: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.checkpoints_of: Callable[[str], list[str]] = lambda _id: []  # set by checkpoints
+        # Set by the host service: where a new node goes; whether a host answers now.
+        self.place: Callable[[NodeSettings], str] = lambda _s: "local"
+        self.reachable: Callable[[str], bool] = lambda _host: True
         self.driver.on_exit = self._on_exit
         self.images.users_of = self.users_of
 
@@ -168,6 +172,7 @@ class NodeService:
             lab_id=lab_id, kind=settings.kind, management=settings.management,
             position_x=settings.position[0] if settings.position else None,
             position_y=settings.position[1] if settings.position else None,
+            host=self.place(settings),
         )  # fmt: skip
         self._check_name_free(settings.name, lab_id)
         try:
@@ -233,6 +238,8 @@ class NodeService:
         self.publish(record)
         return record
 
+    set_state = _set  # for the host service: nodes whose host went away or came back
+
     def publish(self, record: NodeRecord, *, deleted: bool = False) -> None:
         if self.events is not None:
             self.events.publish(
@@ -276,7 +283,7 @@ class NodeService:
         if resume is not None:
             machine, accel = resume.machine or spec.machine, resume.accel or spec.accel.value
             spec = replace(spec, loadvm=resume.tag, machine=machine, accel=Accel(accel))
-        if not spec.paths.disk.exists():
+        if spec.host == LOCAL_HOST and not spec.paths.disk.exists():  # a host's: a volume
             raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
         self._set(record.id, NodeState.STARTING, "")
         try:
@@ -347,6 +354,7 @@ class NodeService:
         record = self.get(ref)
         async with self._locks[record.id]:
             record = await self._transition(record.id, Action.DELETE)
+            await self.driver.delete_disk(self.spec(record))  # a volume on a libvirt host
             if self.before_delete is not None:
                 await self.before_delete(record)
             await self.consoles.close(record.id)
@@ -377,18 +385,24 @@ class NodeService:
     async def adopt_all(self) -> None:
         """Re-adopt the machines that outlived the last server; mark the dead ones crashed."""
         for record in self.list():
-            if NodeState(record.state) not in _ACTIVE:
-                continue
-            spec = self.spec(record)
-            state = await self.driver.adopt(spec)
-            if state is None:
-                tail = log_tail(spec.paths.log)
-                why = f"QEMU was no longer running when the server restarted:\n{tail}"
-                self._set(record.id, NodeState.CRASHED, why)
-                continue
-            await self.consoles.open(record, spec)
-            self._set(record.id, state)
-            log.info("re-adopted node %s (%s)", record.name, state.value)
+            if NodeState(record.state) in (*_ACTIVE, NodeState.UNKNOWN):
+                await self.adopt_one(record, "QEMU was no longer running when the server restarted")
+
+    async def adopt_one(self, record: NodeRecord, gone: str) -> None:
+        """Find a node's machine again: unknown while its host does not answer; ``crashed``
+        (saying ``gone``) when it no longer runs; else its consoles open again."""
+        if not self.reachable(record.host):
+            why = f"host {record.host} does not answer; its nodes are re-adopted when it does"
+            self._set(record.id, NodeState.UNKNOWN, why)
+            return
+        spec = self.spec(record)
+        state = await self.driver.adopt(spec)
+        if state is None:
+            self._set(record.id, NodeState.CRASHED, f"{gone}:\n{log_tail(spec.paths.log)}")
+            return
+        await self.consoles.open(record, spec)
+        self._set(record.id, state, "")
+        log.info("re-adopted node %s (%s)", record.name, state.value)
 
     async def shutdown(self, *, stop_nodes: bool) -> None:
         if stop_nodes:
