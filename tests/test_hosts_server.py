@@ -26,6 +26,7 @@ pytest.importorskip(
 )
 
 from support.bootdisk import boot_disk
+from support.console import SerialShell
 from support.fake_peers import short_dir
 from support.libvirt_hosts import LibvirtHost, free_port, have_libvirtd
 from support.server import Server
@@ -278,3 +279,74 @@ def test_a_host_that_stops_answering_makes_its_nodes_unknown_until_it_is_back(
             stopped = _act(api, node, "kill")
             assert stopped["state"] == "stopped", stopped
             assert api.delete(f"/api/nodes/{node['id']}").status_code == 204
+
+
+LAB = """
+name: across
+topology:
+  defaults: {image: IMAGE, ram_mb: 128, nics: 2}
+  nodes:
+    a: {host: h1}
+    b: {host: h2}
+    c: {host: h1}
+  links:
+    - endpoints: ["a:eth0", "b:eth0"]
+    - endpoints: ["a:eth1", "c:eth0"]
+"""
+
+
+def test_a_lab_across_two_hosts_pings_over_udp_tunnels(srv: tuple[Server, str]) -> None:
+    """a on h1 pings b on h2 (a tunnel between the hosts' addresses) and c on h1 (a tunnel on
+    one host); link down/up is live; re-cabling a running node and capturing are refused."""
+    server, image = srv
+    with server.client(timeout=600) as api:
+        body = {"topology": LAB.replace("IMAGE", image), "start": True}
+        made = api.post("/api/labs", json=body)
+        assert made.status_code == 201, made.text
+        lab = api.get("/api/labs/across").json()
+        nodes = {n["name"]: n for n in lab["node_list"]}
+        assert {n: nodes[n]["host"] for n in nodes} == {"a": "h1", "b": "h2", "c": "h1"}
+        assert {n["state"] for n in nodes.values()} == {"running"}
+        links = {
+            (x["a"], x["b"]): x for x in api.get("/api/links", params={"lab": "across"}).json()
+        }
+        ab = links[("a:eth0", "b:eth0")]
+
+    async def ping() -> None:
+        a, b, c = [await SerialShell.open(server, nodes[n]) for n in ("a", "b", "c")]
+        for shell, commands in (
+            (a, ["ip addr add 10.0.1.1/24 dev eth0", "ip addr add 10.0.2.1/24 dev eth1",
+                 "ip link set eth0 up", "ip link set eth1 up"]),
+            (b, ["ip addr add 10.0.1.2/24 dev eth0", "ip link set eth0 up"]),
+            (c, ["ip addr add 10.0.2.2/24 dev eth0", "ip link set eth0 up"]),
+        ):  # fmt: skip
+            for command in commands:
+                status, output = await shell.run(command)
+                assert status == 0, (command, output)
+        status, output = await a.run("ping -c 3 -W 2 10.0.1.2", timeout=120)
+        assert status == 0, f"a on h1 pings b on h2: {output}"
+        status, output = await a.run("ping -c 3 -W 2 10.0.2.2", timeout=120)
+        assert status == 0, f"a pings c on the same host: {output}"
+        async with server.async_client() as client:
+            down = await client.patch(f"/api/links/{ab['id']}", json={"state": "down"})
+            assert down.status_code == 200, down.text
+            status, _ = await a.run("ping -c 2 -W 1 10.0.1.2", timeout=120)
+            assert status != 0, "the link is down"
+            up = await client.patch(f"/api/links/{ab['id']}", json={"state": "up"})
+            assert up.status_code == 200, up.text
+        status, output = await a.run("ping -c 3 -W 2 10.0.1.2", timeout=120)
+        assert status == 0, f"and up again: {output}"
+        for shell in (a, b, c):
+            await shell.close()
+
+    asyncio.run(ping())
+    with server.client(timeout=600) as api:
+        more = api.post("/api/links", json={"lab": "across", "a": "b:eth1", "b": "c:eth1"})
+        _refused(more, 409, "cannot add a link to b and c now", "stop b and c")
+        _refused(api.post(f"/api/links/{ab['id']}/capture/start"), 409, "cannot be captured")
+        assert not api.get(f"/api/links/{ab['id']}").json()["capturing"], "nothing changed"
+        local = _node(api, image, "loc", host="local", lab="across")
+        cross = api.post("/api/links", json={"lab": "across", "a": "loc:eth0", "b": "b:eth1"})
+        _refused(cross, 409, "between the local host and a libvirt host are not supported")
+        assert api.delete(f"/api/nodes/{local['id']}").status_code == 204
+        assert api.delete("/api/labs/across").status_code == 204

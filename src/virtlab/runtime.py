@@ -38,6 +38,7 @@ from virtlab.services.lab_archive import LabArchiver
 from virtlab.services.labs import LabService
 from virtlab.services.links import LinkService
 from virtlab.services.nodes import NodeService
+from virtlab.services.tunnels import Tunnels
 from virtlab.services.users import UserService
 from virtlab.settings import Settings
 
@@ -119,6 +120,7 @@ class Runtime:
         runtime.links = LinkService(
             catalog=catalog, nodes=runtime.nodes, links_dir=settings.data_dir / "links",
             captures_dir=settings.data_dir / "captures", events=events,
+            tunnels=Tunnels(catalog, PortRange.parse(settings.tunnel_ports)),
         )  # fmt: skip
         runtime.labs = LabService(
             catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events

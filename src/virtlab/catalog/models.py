@@ -119,6 +119,9 @@ class LinkRow(Base):
     impairment: Mapped[str] = mapped_column(Text, default="{}")  # JSON: a_to_b, b_to_a
     capturing: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A UDP tunnel (nodes on libvirt hosts): each end's port on its own host.
+    a_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    b_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class CheckpointRow(Base):

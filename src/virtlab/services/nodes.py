@@ -81,6 +81,7 @@ class NodeService:
         # Set by the host service: where a new node goes; whether a host answers now.
         self.place: Callable[[NodeSettings], str] = lambda _s: "local"
         self.reachable: Callable[[str], bool] = lambda _host: True
+        self.tunnels_of: Callable[[NodeRecord], dict] = lambda _r: {}  # set by links
         self.driver.on_exit = self._on_exit
         self.images.users_of = self.users_of
 
@@ -132,6 +133,9 @@ class NodeService:
         path = self.images.store.absolute(image.path)
         cdrom = path if image.kind == ImageKind.CDROM else None
         nics = nic_specs(record)
+        if record.host != LOCAL_HOST:  # links there are UDP tunnels, fixed when it starts
+            tunnels = self.tunnels_of(record)
+            nics = tuple(replace(nic, tunnel=tunnels.get(nic.index)) for nic in nics)
         return NodeSpec(
             id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
             accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,

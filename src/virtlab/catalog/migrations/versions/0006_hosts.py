@@ -1,4 +1,5 @@
-"""hosts: the machines nodes run on (the local one, libvirt hosts); every node names its host
+"""hosts: the machines nodes run on (the local one, libvirt hosts); every node names its host;
+a link between nodes on libvirt hosts keeps the UDP port of each end on its host
 
 Revision ID: 0006
 Revises: 0005
@@ -39,9 +40,15 @@ def upgrade() -> None:
         )
         batch.create_index("ix_nodes_host", ["host"])
         batch.create_foreign_key("fk_nodes_host_hosts", "hosts", ["host"], ["name"])
+    with op.batch_alter_table("links") as batch:
+        batch.add_column(sa.Column("a_port", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("b_port", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("links") as batch:
+        batch.drop_column("b_port")
+        batch.drop_column("a_port")
     with op.batch_alter_table("nodes") as batch:
         batch.drop_constraint("fk_nodes_host_hosts", type_="foreignkey")
         batch.drop_index("ix_nodes_host")
