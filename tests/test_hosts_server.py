@@ -131,6 +131,13 @@ async def _serial_until(server: Server, node: dict, pattern: bytes, timeout: flo
         return await asyncio.wait_for(loop(), timeout)
 
 
+def is_(name: str, state: str) -> Callable[[list[dict]], bool]:
+    """Until: an event says node ``name`` is ``state``."""
+    return lambda seen: any(
+        e["kind"] == "node" and e["name"] == name and e["state"] == state for e in seen
+    )
+
+
 # -- hosts --------------------------------------------------------------------------------------
 
 
@@ -257,11 +264,6 @@ def test_a_host_that_stops_answering_makes_its_nodes_unknown_until_it_is_back(
         for node in (a, b):
             assert _act(api, node, "start")["state"] == "running"
 
-    def is_(name: str, state: str) -> Callable[[list[dict]], bool]:
-        return lambda seen: any(
-            e["kind"] == "node" and e["name"] == name and e["state"] == state for e in seen
-        )
-
     _watch(server, h2.stop_daemon, is_("u2", "unknown"))
     with server.client() as api:
         assert api.get(f"/api/nodes/{b['id']}").json()["state"] == "unknown"
@@ -350,3 +352,28 @@ def test_a_lab_across_two_hosts_pings_over_udp_tunnels(srv: tuple[Server, str]) 
         _refused(cross, 409, "between the local host and a libvirt host are not supported")
         assert api.delete(f"/api/nodes/{local['id']}").status_code == 204
         assert api.delete("/api/labs/across").status_code == 204
+
+
+def test_a_server_that_starts_while_a_host_is_down_adopts_its_nodes_when_it_answers(
+    srv: tuple[Server, str], hosts: tuple[LibvirtHost, LibvirtHost]
+) -> None:
+    """Last in the module: it restarts the module's server."""
+    server, image = srv
+    _, h2 = hosts
+    with server.client() as api:
+        node = _node(api, image, "rs1", host="h2")
+        assert _act(api, node, "start")["state"] == "running"
+    server.stop()
+    h2.stop_daemon()
+    server.start()
+    with server.client() as api:
+        assert api.get(f"/api/nodes/{node['id']}").json()["state"] == "unknown"
+        host = api.get("/api/hosts/h2").json()
+        assert not host["reachable"] and "cannot connect to host h2" in host["reason"], host
+        assert api.get("/api/hosts/h1").json()["reachable"]
+    _watch(server, h2.start_daemon, is_("rs1", "running"))
+    with server.client() as api:
+        boot = asyncio.run(_serial_until(server, node, BOOT_MARKER.encode()))
+        assert boot, "its console is back, scrollback included"
+        assert _act(api, node, "kill")["state"] == "stopped"
+        assert api.delete(f"/api/nodes/{node['id']}").status_code == 204
