@@ -16,6 +16,7 @@ import psutil
 
 from bench.checkpoints import bench_checkpoints
 from bench.common import CLIENTS, DEFAULT_CLIENT, GiB, MiB, server_env
+from bench.hosts import bench_hosts, have_libvirtd
 from bench.import_vmdk import bench_import
 from bench.labs import bench_labs
 from bench.nodes import bench_nodes
@@ -34,6 +35,7 @@ SIZES = {
         "transfer": 64 * MiB,
         "blast": 200_000,
         "checkpoint_nodes": 5,
+        "push": 1 * GiB,
     },
     True: {
         "vmdk": (64 * MiB, 32 * MiB),
@@ -44,6 +46,7 @@ SIZES = {
         "transfer": 4 * MiB,
         "blast": 5_000,
         "checkpoint_nodes": 2,
+        "push": 32 * MiB,
     },
 }
 # --only: a benchmark, or "nodes" for the three node benchmarks (they share one server).
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--runs", type=int, default=None, help="runs per side [3; 1 if --quick]")
     parser.add_argument(
-        "--only", choices=(*ONLY, *LABS, "checkpoints"), help="run just one benchmark"
+        "--only", choices=(*ONLY, *LABS, "checkpoints", "hosts"), help="run just one benchmark"
     )
     parser.add_argument(
         "--nodes", type=int, default=None, help="nodes started at once [20; 2 if --quick]"
@@ -173,6 +176,15 @@ def main(argv: list[str] | None = None) -> int:
                 server_env=env,
                 report=True,
             )
+        if args.only in (None, "hosts"):
+            if have_libvirtd():
+                print(f"\nload avg  : {_load()} (before the host benchmarks)", flush=True)
+                work_hosts = work / "hosts"
+                work_hosts.mkdir()
+                hosts = bench_hosts(work_hosts, runs=runs, push_size=sizes["push"], env=env)
+                print("\n" + hosts.report(), flush=True)
+            else:
+                print("\nlibvirt hosts: skipped (no libvirtd, virtlogd or unshare)", flush=True)
         print(f"\nload avg  : {_load()} (at the end)")
     return 0
 
