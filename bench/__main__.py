@@ -16,6 +16,7 @@ import psutil
 
 from bench.checkpoints import bench_checkpoints
 from bench.common import CLIENTS, DEFAULT_CLIENT, GiB, MiB, server_env
+from bench.hosts import bench_hosts, have_libvirtd
 from bench.import_vmdk import bench_import
 from bench.labs import bench_labs
 from bench.load import bench_load
@@ -36,6 +37,7 @@ SIZES = {
         "blast": 200_000,
         "checkpoint_nodes": 5,
         "load": {"clients": 50, "nodes": 10, "requests": 30, "data_mib": 1024},
+        "push": 1 * GiB,
     },
     True: {
         "vmdk": (64 * MiB, 32 * MiB),
@@ -47,6 +49,7 @@ SIZES = {
         "blast": 5_000,
         "checkpoint_nodes": 2,
         "load": {"clients": 10, "nodes": 2, "requests": 5, "data_mib": 32},
+        "push": 32 * MiB,
     },
 }
 # --only: a benchmark, or "nodes" for the three node benchmarks (they share one server).
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--runs", type=int, default=None, help="runs per side [3; 1 if --quick]")
     parser.add_argument(
-        "--only", choices=(*ONLY, *LABS, "checkpoints", "load"), help="run just one benchmark"
+        "--only",
+        choices=(*ONLY, *LABS, "checkpoints", "load", "hosts"),
+        help="run just one benchmark",
     )
     parser.add_argument(
         "--nodes", type=int, default=None, help="nodes started at once [20; 2 if --quick]"
@@ -179,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "load"):
             print(f"\nload avg  : {_load()} (before the load benchmark)", flush=True)
             bench_load(work / "load", **sizes["load"], server_env=env, report=True)
+        if args.only in (None, "hosts"):
+            if have_libvirtd():
+                print(f"\nload avg  : {_load()} (before the host benchmarks)", flush=True)
+                work_hosts = work / "hosts"
+                work_hosts.mkdir()
+                hosts = bench_hosts(work_hosts, runs=runs, push_size=sizes["push"], env=env)
+                print("\n" + hosts.report(), flush=True)
+            else:
+                print("\nlibvirt hosts: skipped (no libvirtd, virtlogd or unshare)", flush=True)
         print(f"\nload avg  : {_load()} (at the end)")
     return 0
 

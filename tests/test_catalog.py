@@ -126,3 +126,32 @@ def test_the_server_runs_on_postgresql(
             Base.metadata.drop_all(conn)
             conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
         cleanup.dispose()
+
+
+def test_hosts_the_local_host_exists_and_nodes_default_to_it(catalog: Catalog) -> None:
+    from virtlab.catalog.hosts import LOCAL_HOST_NAME, HostRecord, HostRepository
+    from virtlab.catalog.nodes import NodeRecord, NodeRepository
+
+    with catalog.session() as session:
+        hosts = HostRepository(session)
+        assert [h.name for h in hosts.list()] == [LOCAL_HOST_NAME]
+        hosts.add(HostRecord("h1", "qemu+tcp://127.0.0.1:1/system", "up",
+                             datetime(2026, 11, 26, tzinfo=UTC), {"cpus": 2}))  # fmt: skip
+        NodeRepository(session).add(NodeRecord(
+            id="n1", name="r1", image="i", cpus=1, ram_mb=256, disk_bus="virtio", nics=1,
+            nic_model="e1000", serial=True, vnc=True, state="stopped",
+            created_at=datetime(2026, 11, 26, tzinfo=UTC), host="h1",
+        ))  # fmt: skip
+    with catalog.session() as session:
+        hosts = HostRepository(session)
+        assert hosts.get("h1").facts == {"cpus": 2}  # type: ignore[union-attr]
+        assert hosts.by_uri("qemu+tcp://127.0.0.1:1/system").name == "h1"  # type: ignore[union-attr]
+        assert hosts.node_counts() == {"h1": 1} and hosts.ram_promised() == {"h1": 256}
+        assert hosts.update("h1", drained=True).drained
+    with pytest.raises(IntegrityError), catalog.session() as session:
+        HostRepository(session).add(HostRecord("h2", "qemu+tcp://127.0.0.1:1/system", "up",
+                                               datetime(2026, 11, 26, tzinfo=UTC)))  # fmt: skip
+    with pytest.raises(IntegrityError), catalog.session() as session:
+        HostRepository(session).remove("h1")  # it has a node
+    with catalog.session() as session:
+        assert [h.name for h in HostRepository(session).list()] == [LOCAL_HOST_NAME, "h1"]

@@ -35,6 +35,12 @@ def test_allowed(state: NodeState, action: Action) -> None:
         (S.CRASHED, A.RESUME, "start it again, or wipe it"),
         (S.RUNNING, A.WIPE, "stop it first"),
         (S.RUNNING, A.EDIT, "stop it first"),
+        (
+            S.UNKNOWN,
+            A.STOP,
+            "its host does not answer; wait until it answers again (its nodes "
+            "are re-adopted then), or check the host's libvirtd (`virtlab host show`)",
+        ),
     ],
 )
 def test_refused_transitions_say_why_and_what_to_do(
@@ -50,3 +56,10 @@ def test_every_action_is_allowed_somewhere_and_refused_somewhere() -> None:
     for action in Action:
         verdicts = {allowed(state, action) for state in NodeState}
         assert verdicts == {True, False}, action
+
+
+def test_a_node_whose_host_does_not_answer_allows_only_its_console() -> None:
+    assert [a for a in Action if allowed(S.UNKNOWN, a)] == [A.CONSOLE]
+    for action in (A.KILL, A.DELETE, A.START, A.WIPE):
+        with pytest.raises(Conflict, match="its host does not answer"):
+            guard("r1", S.UNKNOWN, action)

@@ -14,7 +14,8 @@ to what, and what to do next. The API maps each class to an HTTP status through
      ├── NotFound                  a named thing does not exist              (404)
      ├── Conflict                  the request clashes with current state    (409)
      │    ├── ImageInUse           an image is needed by something else      (409)
-     │    └── LimitReached         nodes per user, or RAM promised to nodes  (409)
+     │    ├── LimitReached         nodes per user, or RAM promised to nodes  (409)
+     │    └── HostUnreachable      a host's libvirt daemon does not answer   (409)
      ├── InvalidRequest            a request is malformed (bad name, field)  (400/422)
      ├── ImageRejected             an uploaded image is refused              (422)
      │    ├── UnsupportedImage     no format virtlab accepts                 (415)
@@ -25,6 +26,7 @@ to what, and what to do next. The API maps each class to an HTTP status through
      ├── InsufficientStorage       the data directory's disk is full         (507)
      ├── CatalogBusy               the catalog database stayed locked        (503)
      └── ToolFailure               an external tool failed unexpectedly      (500)
+          └── HostFailure          a host's libvirt answered with an error   (500)
 
 Failures carry their evidence as attributes (the tool's argv, exit code, stderr tail) so that
 logs can show it while the message stays short.
@@ -39,6 +41,8 @@ __all__ = [
     "Conflict",
     "CorruptImage",
     "Forbidden",
+    "HostFailure",
+    "HostUnreachable",
     "ImageInUse",
     "ImageRejected",
     "InsufficientStorage",
@@ -113,6 +117,14 @@ class LimitReached(Conflict):
     nodes against the host's memory. Nothing was made or started."""
 
 
+class HostUnreachable(Conflict):
+    """A host's libvirt daemon cannot be reached now (``host``: its name)."""
+
+    def __init__(self, message: str, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+
+
 class InvalidRequest(VirtlabError):
     """A request is malformed: a bad name, a missing field, an unknown option."""
 
@@ -164,3 +176,12 @@ class ToolFailure(VirtlabError):
         self.argv = tuple(argv)
         self.returncode = returncode
         self.stderr = stderr
+
+
+class HostFailure(ToolFailure):
+    """A host's libvirt refused or failed a call; ``code`` is libvirt's error number."""
+
+    def __init__(self, message: str, host: str = "", code: int | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.code = code

@@ -7,9 +7,14 @@ through the dependencies in ``virtlab.api.deps``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import os
+import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio.to_thread
 
@@ -24,13 +29,15 @@ from virtlab.images.store import ImageStore
 from virtlab.nodes.memory import RamLedger, memory_budget
 from virtlab.nodes.ports import PortRange
 from virtlab.nodes.qemu.driver import QemuDriver
-from virtlab.nodes.qemu.probe import AccelVerdict, probe_accelerator
+from virtlab.nodes.qemu.probe import AccelVerdict, find_binaries, probe_accelerator
+from virtlab.nodes.router import RoutingDriver
 from virtlab.nodes.spec import Accel
 from virtlab.services.boot_test import BootTester
 from virtlab.services.checkpoints import CheckpointService
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.deploy_intents import DeployIntents
 from virtlab.services.events import EventBus
+from virtlab.services.hosts import Connector, HostService
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
 from virtlab.services.lab_archive import LabArchiver
@@ -38,6 +45,7 @@ from virtlab.services.labs import LabService
 from virtlab.services.limits import ImportSlots, NodeQuota
 from virtlab.services.links import LinkService
 from virtlab.services.nodes import NodeService
+from virtlab.services.tunnels import Tunnels
 from virtlab.services.users import UserService
 from virtlab.settings import Settings
 
@@ -59,9 +67,11 @@ class Runtime:
     archiver: LabArchiver = None  # type: ignore[assignment]
     checkpoints: CheckpointService = None  # type: ignore[assignment]
     users: UserService = None  # type: ignore[assignment]
+    hosts: HostService = None  # type: ignore[assignment]
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
     loop_watch: LoopWatch | None = None
+    qemu_version: str | None = None
 
     def accel(self) -> Accel:
         """The accelerator nodes use: probed once at start-up (see ``virtlab doctor``)."""
@@ -113,8 +123,9 @@ class Runtime:
             settings=settings, catalog=catalog, images=images, nodes=None,  # type: ignore[arg-type]
             consoles=consoles, events=events,
         )  # fmt: skip
+        router = RoutingDriver(QemuDriver(qemu_img=qemu_img))
         runtime.nodes = NodeService(
-            catalog=catalog, images=images, driver=QemuDriver(qemu_img=qemu_img),
+            catalog=catalog, images=images, driver=router,
             consoles=consoles, nodes_dir=settings.nodes_dir, accel=runtime.accel,
             stop_timeout=settings.stop_timeout, events=events, fault=fault,
             quota=NodeQuota(catalog, settings.max_nodes_per_user),
@@ -128,6 +139,7 @@ class Runtime:
         runtime.links = LinkService(
             catalog=catalog, nodes=runtime.nodes, links_dir=settings.data_dir / "links",
             captures_dir=settings.data_dir / "captures", events=events,
+            tunnels=Tunnels(catalog, PortRange.parse(settings.tunnel_ports)),
         )  # fmt: skip
         runtime.labs = LabService(
             catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events,
@@ -141,8 +153,34 @@ class Runtime:
             checkpoints=runtime.checkpoints,
         )  # fmt: skip
         runtime.users = UserService(catalog, session_hours=settings.session_hours)
+        runtime.hosts = HostService(
+            catalog=catalog, nodes=runtime.nodes, router=router, local_facts=runtime.local_facts,
+            connect=_libvirt_connector(settings.accel), placement=settings.placement,
+            open_timeout=settings.host_open_timeout, events=events,
+        )  # fmt: skip
         images.users_of = runtime._image_users
         return runtime
+
+    def local_facts(self) -> dict:
+        """This machine's facts, as a libvirt host's are shown (see ``virtlab doctor``)."""
+        if self.qemu_version is None:
+            try:
+                self.qemu_version = find_binaries().system.version
+            except Exception:
+                self.qemu_version = ""
+        meminfo = {}
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                key, _, value = line.partition(":")
+                meminfo[key] = int(value.split()[0]) // 1024
+        verdict = self.accel_verdict
+        return {
+            "hostname": socket.gethostname(), "libvirt_version": "", "address": "127.0.0.1",
+            "qemu_version": self.qemu_version,
+            "accelerators": [verdict.accel.value] if verdict else [],
+            "cpus": os.cpu_count() or 1, "memory_mb": meminfo.get("MemTotal", 0),
+            "free_memory_mb": meminfo.get("MemAvailable", 0),
+        }  # fmt: skip
 
     def _image_users(self, image: str) -> list[str]:
         users = self.nodes.users_of(image)
@@ -166,6 +204,7 @@ class Runtime:
         await asyncio.to_thread(self._start_catalog)
         verdict = await asyncio.to_thread(self.accel)
         log.info("accelerator: %s (%s)", verdict.value, self.accel_verdict.reason)  # type: ignore[union-attr]
+        await self.hosts.start()
         await self.nodes.adopt_all()
         await self.checkpoints.reconcile()
         await self.links.restore()
@@ -204,6 +243,19 @@ class Runtime:
         self.catalog.dispose()
         if self.loop_watch is not None:
             self.loop_watch.stop()
+
+
+def _libvirt_connector(accel: str) -> Connector | None:
+    """How the host service reaches libvirt hosts; None when libvirt-python is missing.
+    ``accel`` is the server's setting: kvm or tcg on every host; auto: KVM where a host offers
+    it (a host is not probed by booting a guest, as the local one is)."""
+    try:
+        from virtlab.hosts.driver import LibvirtDriver
+    except ImportError:
+        log.info("libvirt-python is not installed: no libvirt hosts (pip install virtlab[libvirt])")
+        return None
+    chosen = None if accel == "auto" else Accel(accel)
+    return functools.partial(LibvirtDriver.connect, accel=chosen)
 
 
 def _job_event(job) -> dict:  # type: ignore[no-untyped-def]

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     stop_timeout: float = 30.0  # seconds a guest gets to power off before a hard stop
     stop_nodes_on_exit: bool = False  # by default nodes outlive the server
 
+    # Hosts (libvirt): where a node goes when it names none, and how long a host gets to answer.
+    placement: Literal["spread", "pack"] = "spread"  # most room left first | fill one first
+    host_open_timeout: float = Field(default=30.0, gt=0)  # seconds, at `host add` and start-up
+    tunnel_ports: str = "40000-40999"  # UDP ports of links on libvirt hosts, on each host
+
     # Access.
     admin_password: SecretStr | None = Field(
         default=None,

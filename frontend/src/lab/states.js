@@ -8,9 +8,10 @@ export const STATE_COLOURS = {
   suspended: "#3b73c4",
   stopping: "#c4640a",
   crashed: "#cf3a3a",
+  unknown: "#8a5fb0",
 };
 
-const S = ["stopped", "starting", "running", "suspended", "stopping", "crashed"];
+const S = ["stopped", "starting", "running", "suspended", "stopping", "crashed", "unknown"];
 const ALLOWED = {
   start: ["stopped", "crashed"],
   stop: ["starting", "running", "suspended"],
@@ -21,7 +22,7 @@ const ALLOWED = {
   wipe: ["stopped", "crashed"],
   delete: ["stopped", "crashed"],
   edit: ["stopped", "crashed"],
-  console: ["starting", "running", "suspended", "stopping"],
+  console: ["starting", "running", "suspended", "stopping", "unknown"],
   screenshot: ["running", "suspended"],
 };
 

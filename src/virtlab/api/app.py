@@ -16,6 +16,7 @@ from virtlab.api.routes import (
     checkpoints,
     events,
     health,
+    hosts,
     images,
     lab_archive,
     labs,
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         401: errors.refusal("Not logged in, or the token is unknown, expired or revoked"),
         403: errors.refusal("A page of another site, or a role this needs"),
     }
-    for module in (users, images, events, server, limits):
+    for module in (users, images, events, server, limits, hosts):
         app.include_router(module.router, dependencies=logged_in, responses=refused)
     for module in (nodes, labs, lab_archive, checkpoints, links):
         app.include_router(module.router, dependencies=owned, responses=refused)

@@ -42,6 +42,10 @@ class NodeCreate(BaseModel):
     extra_args: list[str] = Field(
         default_factory=list, max_length=32, description="extra QEMU arguments (an allow-list)"
     )
+    host: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="the host it runs on (`local` or a libvirt host); none: placed by policy",
+    )  # fmt: skip
 
 
 class NodeUpdate(BaseModel):
@@ -94,7 +98,11 @@ class Node(BaseModel):
     image: str
     kind: str
     position: Position | None
-    state: str = Field(description="stopped, starting, running, suspended, stopping, crashed")
+    state: str = Field(
+        description="stopped, starting, running, suspended, stopping, crashed; unknown while "
+        "its host does not answer"
+    )
+    host: str = Field(description="the host it runs on: `local` or a libvirt host's name")
     detail: str = Field(description="why it crashed or failed to start: QEMU's last log lines")
     cpus: int
     ram_mb: int
@@ -117,7 +125,7 @@ class Node(BaseModel):
         )  # fmt: skip
         return cls(
             id=record.id, name=record.name, lab=lab, image=record.image, kind=record.kind,
-            position=position, state=record.state,
+            position=position, state=record.state, host=record.host,
             detail=record.detail, cpus=record.cpus, ram_mb=record.ram_mb,
             disk_bus=record.disk_bus, nic_model=record.nic_model,
             interfaces=[

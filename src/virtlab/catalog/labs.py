@@ -43,12 +43,19 @@ class LinkRecord:
     created_at: datetime
     impairment: dict = field(default_factory=dict)  # {"a_to_b": {...}, "b_to_a": {...}}
     capturing: bool = False
+    a_port: int | None = None  # a UDP tunnel's ports, each on its end's host
+    b_port: int | None = None
+
+    @property
+    def tunnel(self) -> bool:
+        return self.a_port is not None
 
     @classmethod
     def from_row(cls, row: LinkRow) -> LinkRecord:
         return cls(
             row.id, row.lab_id, row.a_node, row.a_iface, row.b_node, row.b_iface, row.state,
             _utc(row.created_at), json.loads(row.impairment or "{}"), row.capturing,
+            row.a_port, row.b_port,
         )  # fmt: skip
 
     def ends(self) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -99,7 +106,7 @@ class LinkRepository:
                 id=record.id, lab_id=record.lab_id, a_node=record.a_node, a_iface=record.a_iface,
                 b_node=record.b_node, b_iface=record.b_iface, state=record.state,
                 impairment=json.dumps(record.impairment), capturing=record.capturing,
-                created_at=record.created_at,
+                created_at=record.created_at, a_port=record.a_port, b_port=record.b_port,
             )
         )  # fmt: skip
         self.session.flush()

@@ -22,6 +22,22 @@ class Base(DeclarativeBase):
     pass
 
 
+LOCAL_HOST_NAME = "local"  # the server's own machine: a row made by migration 0006
+
+
+class HostRow(Base):
+    """A machine nodes run on: the local one (direct QEMU) or a libvirt host by URI."""
+
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(1024), unique=True)  # "local" for the local host
+    state: Mapped[str] = mapped_column(String(16))  # up | down (as last seen)
+    facts: Mapped[str] = mapped_column(Text, default="{}")  # JSON: versions, memory, CPUs…
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)  # gets no new nodes
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ImageRow(Base):
     __tablename__ = "images"
 
@@ -68,6 +84,10 @@ class NodeRow(Base):
     position_x: Mapped[float | None] = mapped_column(Float, nullable=True)  # on the UI canvas
     position_y: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    host: Mapped[str] = mapped_column(
+        ForeignKey("hosts.name", name="fk_nodes_host_hosts"), index=True,
+        server_default=LOCAL_HOST_NAME,
+    )  # fmt: skip
 
 
 DEFAULT_LAB_ID = "0" * 32  # the `default` lab, made by migration 0003
@@ -99,6 +119,9 @@ class LinkRow(Base):
     impairment: Mapped[str] = mapped_column(Text, default="{}")  # JSON: a_to_b, b_to_a
     capturing: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A UDP tunnel (nodes on libvirt hosts): each end's port on its own host.
+    a_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    b_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class CheckpointRow(Base):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from virtlab.catalog.models import DEFAULT_LAB_ID, LabRow, NodeRow
+from virtlab.catalog.models import DEFAULT_LAB_ID, LOCAL_HOST_NAME, LabRow, NodeRow
 
 __all__ = ["NodeRecord", "NodeRepository"]
 
@@ -42,6 +42,7 @@ class NodeRecord:
     management: dict = field(default_factory=dict)
     position_x: float | None = None
     position_y: float | None = None
+    host: str = LOCAL_HOST_NAME  # a row of the hosts table
 
     @classmethod
     def from_row(cls, row: NodeRow) -> NodeRecord:
@@ -114,6 +115,10 @@ class NodeRepository:
     def remove(self, node_id: str) -> bool:
         result = self.session.execute(delete(NodeRow).where(NodeRow.id == node_id))
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def on_host(self, host: str) -> list[NodeRecord]:
+        query = select(NodeRow).where(NodeRow.host == host).order_by(NodeRow.name)
+        return [NodeRecord.from_row(r) for r in self.session.scalars(query)]
 
     def ports_in_use(self) -> set[int]:
         rows = self.session.execute(select(NodeRow.telnet_port, NodeRow.vnc_port))

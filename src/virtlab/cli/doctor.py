@@ -21,6 +21,8 @@ from rich.table import Table
 
 from virtlab._util.units import human_size
 from virtlab.cli.client import ApiError, Client
+from virtlab.cli.hosts import describe
+from virtlab.cli.options import UrlOpt
 from virtlab.errors import VirtlabError
 from virtlab.nodes.memory import memory_budget
 from virtlab.nodes.ports import DEFAULT_TELNET_PORTS, DEFAULT_VNC_PORTS, PortRange
@@ -167,6 +169,18 @@ def _table(report: dict[str, Any]) -> Table:
     return table
 
 
+def _ask_hosts(report: dict[str, Any], url: str | None) -> None:
+    """The server's hosts (``/api/hosts``); one that does not answer is a problem."""
+    try:
+        report["hosts"] = Client(url).request("GET", "/api/hosts").json()
+    except ApiError as exc:
+        report["problems"].append(f"cannot ask the server about its hosts: {exc}")
+        return
+    for host in report["hosts"]:
+        if not host["reachable"]:
+            report["problems"].append(f"host {host['name']} does not answer: {host['reason']}")
+
+
 def doctor(
     data_dir: Annotated[
         Path | None,
@@ -187,13 +201,16 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     usage: Annotated[
         bool,
-        typer.Option("--usage", help="Also ask the server where you stand against its limits."),
+        typer.Option("--usage", help="Also ask the server (--url) where you stand on its limits."),
     ] = False,
-    url: Annotated[
-        str | None, typer.Option(envvar="VIRTLAB_URL", help="The server, for --usage.")
-    ] = None,
+    hosts: Annotated[
+        bool, typer.Option("--hosts", help="Also ask the server (--url) about its libvirt hosts.")
+    ] = False,
+    url: UrlOpt = None,
 ) -> None:
-    """Check what this host offers: QEMU, accelerator, free disk, console ports, limits."""
+    """Check what this host offers: QEMU, accelerator, free disk, console ports, limits; with
+    --usage, where you stand on the server; with --hosts, what each of the server's hosts
+    offers and whether it answers."""
     err = Console(stderr=True)
     try:
         report = collect(
@@ -205,10 +222,14 @@ def doctor(
     except VirtlabError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
+    if hosts:
+        _ask_hosts(report, url)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         Console().print(_table(report))
+        for host in report.get("hosts", []):
+            Console().print(f"host {host['name']}: {describe(host)}", highlight=False)
         for problem in report["problems"]:
             err.print(f"[red]problem:[/red] {problem}", highlight=False)
         for note in report["notes"]:

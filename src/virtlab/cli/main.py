@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from virtlab.cli import checkpoints, doctor, images, labs, nodes, serve, users
+from virtlab.cli import checkpoints, doctor, hosts, images, labs, nodes, serve, users
 
 app = typer.Typer(
     help="virtlab: a self-hosted virtual network lab server.",
@@ -20,6 +20,7 @@ app.add_typer(images.app, name="image", help="Import, list, check and remove dis
 app.add_typer(nodes.app, name="node", help="Create, run and reach QEMU nodes.")
 app.add_typer(labs.labs, name="lab", help="Deploy, run, export and draw labs.")
 app.add_typer(labs.links, name="link", help="Cable, cut, capture and impair links.")
+app.add_typer(hosts.app, name="host", help="Add, list, drain and remove libvirt hosts.")
 checkpoints.register(labs.labs, nodes.app)
 
 

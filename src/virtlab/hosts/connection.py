@@ -248,6 +248,16 @@ class HostConnection:
             listener.on_host_down(self, reason)
         self._retry = asyncio.create_task(self._reconnect(), name=f"reconnect {self.name}")
 
+    def keep_trying(self, reason: str) -> None:
+        """It did not answer when first opened (a server start): retry in the background as
+        after losing it; the listeners hear ``on_host_up`` when it answers."""
+        if self.status in (HostStatus.UP, HostStatus.DOWN):
+            return
+        ensure_event_loop()
+        self._loop = asyncio.get_running_loop()
+        self.status, self.down_reason = HostStatus.DOWN, reason
+        self._retry = asyncio.create_task(self._reconnect(), name=f"reconnect {self.name}")
+
     async def _reconnect(self) -> None:
         delay, longest = self.retry_delays
         while self.status is HostStatus.DOWN:

@@ -37,7 +37,7 @@ from virtlab.errors import Conflict
 from virtlab.hosts.connection import HostConnection, HostStatus
 from virtlab.hosts.console import ConsoleBridge
 from virtlab.hosts.domain import Placement, build_domain_xml, domain_name, link_state_xml
-from virtlab.hosts.errors import HostFailure
+from virtlab.hosts.errors import HostFailure, HostUnreachable
 from virtlab.hosts.machine import Machine as _Machine
 from virtlab.hosts.machine import ending, evidence
 from virtlab.hosts.screens import as_png
@@ -79,6 +79,26 @@ class LibvirtDriver(NodeDriver):
         host.listeners.append(self)
 
     @classmethod
+    async def connect(
+        cls, name: str, uri: str, timeout: float, accel: Accel | None = None
+    ) -> tuple[LibvirtDriver, dict]:
+        """A driver for a host of the server, and its facts; when it does not answer, the
+        driver keeps trying in the background and the facts are empty (``down_reason`` says
+        why). ``accel`` None: KVM where the host offers it."""
+        host = HostConnection(name, uri, open_timeout=timeout)
+        driver = cls(host, owns_host=True, accel=accel)
+        try:
+            await host.open()
+        except HostUnreachable as exc:
+            host.keep_trying(str(exc))
+            return driver, {}
+        try:
+            return driver, await driver.describe()
+        except HostUnreachable as exc:
+            host.keep_trying(str(exc))
+            return driver, {}
+
+    @classmethod
     async def open(cls, name: str, uri: str, **kwargs: object) -> LibvirtDriver:
         """A driver with a connection of its own to ``uri`` (closed by :meth:`close`)."""
         host = HostConnection(name, uri)
@@ -91,6 +111,29 @@ class LibvirtDriver(NodeDriver):
         spec.paths.root.mkdir(parents=True, exist_ok=True)
         pushed = await self.storage.push_base(base) if base is not None else None
         await self.storage.create_disk(spec.id, pushed, size_mb)
+
+    async def delete_disk(self, spec: NodeSpec) -> None:
+        await self.storage.delete_disk(spec.id)
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the host answers now."""
+        return self.host.status is HostStatus.UP
+
+    @property
+    def down_reason(self) -> str:
+        return self.host.down_reason
+
+    async def describe(self) -> dict[str, object]:
+        """The host's facts as plain data (versions, accelerators, CPUs, memory)."""
+        info = await self.host.info()
+        return {
+            "hostname": info.hostname, "libvirt_version": info.libvirt_version,
+            "qemu_version": info.qemu_version, "accelerators": list(info.accelerators),
+            "cpus": info.cpus, "memory_mb": info.memory_mb,
+            "free_memory_mb": info.free_memory_mb, "domains": info.domains,
+            "address": self.host.address,
+        }  # fmt: skip
 
     async def disk_key(self, spec: NodeSpec) -> str | None:
         """The host's key of the node's disk volume (a new one after every wipe), or None."""
@@ -183,9 +226,11 @@ class LibvirtDriver(NodeDriver):
         for bridge in (machine.console, machine.vnc):
             if bridge is not None:
                 await bridge.stop()
-        machine.ended.set()
-        if report:
-            await self._exited(machine.spec.id, state, detail)
+        try:  # the end is reported before a stop or kill waiting on it returns
+            if report:
+                await self._exited(machine.spec.id, state, detail)
+        finally:
+            machine.ended.set()
 
     async def _wait_ended(self, machine: _Machine) -> None:
         """Until the host's STOPPED event; then, if it never came, ask the host directly."""

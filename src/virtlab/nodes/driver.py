@@ -59,6 +59,11 @@ class NodeDriver(abc.ABC):
     async def create_disk(self, spec: NodeSpec, base: Path | None, size_mb: int | None) -> None:
         """A fresh disk: an overlay over ``base`` (constant time), or blank of ``size_mb``."""
 
+    async def delete_disk(self, spec: NodeSpec) -> None:
+        """Remove the node's disk where it is kept apart from the node's directory (a volume
+        on a libvirt host); a disk inside the directory goes with it, removed by the service."""
+        await asyncio.sleep(0)
+
     @abc.abstractmethod
     async def start(self, spec: NodeSpec) -> None:
         """Start the machine; return once it runs (its monitor answers). With ``spec.loadvm``

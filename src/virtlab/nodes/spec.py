@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "LOCAL_HOST",
     "Accel",
     "DiskBus",
     "Forward",
@@ -21,6 +22,9 @@ __all__ = [
     "UdpTunnel",
     "UserNet",
 ]
+
+
+LOCAL_HOST = "local"  # the host the server runs on: nodes there use the direct QEMU driver
 
 
 class DiskBus(enum.StrEnum):
@@ -132,3 +136,4 @@ class NodeSpec:
     cpu_model: str | None = None  # None: "host" under KVM, "qemu64" under TCG
     start_paused: bool = False  # -S: wait for QMP "cont" (lets a console hub see the first byte)
     loadvm: str | None = None  # -loadvm: start from this checkpoint in the disk, not a boot
+    host: str = LOCAL_HOST  # where it runs: this machine's QEMU, or a libvirt host by name

@@ -13,6 +13,14 @@
 
 A node is ``crashed`` when its QEMU ended without being asked to (no guest power-off, no stop,
 no kill); the node record keeps the last lines of QEMU's log.
+
+A node on a libvirt host is ``unknown`` while that host does not answer: whatever runs there
+may still run, so nothing may be done to it but look at its console's scrollback. When the
+host answers again the node is re-adopted and becomes what libvirt says (running, suspended;
+``crashed`` when its domain ended meanwhile, ``stopped`` when we had asked it to)::
+
+    running/suspended/starting/stopping ── host stops answering ──► unknown
+    unknown ── host answers ──► running | suspended | stopped | crashed
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ class NodeState(enum.StrEnum):
     SUSPENDED = "suspended"
     STOPPING = "stopping"
     CRASHED = "crashed"
+    UNKNOWN = "unknown"  # its host does not answer
 
 
 class Action(enum.StrEnum):
@@ -59,7 +68,7 @@ _ALLOWED: dict[Action, frozenset[NodeState]] = {
     Action.WIPE: frozenset({S.STOPPED, S.CRASHED}),
     Action.DELETE: frozenset({S.STOPPED, S.CRASHED}),
     Action.EDIT: frozenset({S.STOPPED, S.CRASHED}),
-    Action.CONSOLE: frozenset({S.STARTING, S.RUNNING, S.SUSPENDED, S.STOPPING}),
+    Action.CONSOLE: frozenset({S.STARTING, S.RUNNING, S.SUSPENDED, S.STOPPING, S.UNKNOWN}),
     Action.SCREENSHOT: frozenset({S.RUNNING, S.SUSPENDED}),
     Action.CHECKPOINT: frozenset({S.RUNNING, S.SUSPENDED}),
 }
@@ -71,6 +80,10 @@ _ADVICE: dict[NodeState, str] = {
     S.SUSPENDED: "resume it, or stop it first",
     S.STOPPING: "wait until it has stopped, or kill it",
     S.CRASHED: "start it again, or wipe it",
+    S.UNKNOWN: (
+        "its host does not answer; wait until it answers again (its nodes are re-adopted then),"
+        " or check the host's libvirtd (`virtlab host show`)"
+    ),
 }
 
 

@@ -15,7 +15,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
@@ -26,7 +26,7 @@ from virtlab.catalog.labs import DEFAULT_LAB_ID, LabRecord, LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.links.impairment import Impairment
 from virtlab.names import LAB
-from virtlab.nodes.spec import DiskBus, NicModel
+from virtlab.nodes.spec import LOCAL_HOST, DiskBus, NicModel
 from virtlab.nodes.state import NodeState
 from virtlab.services.deploy_intents import DeployIntents
 from virtlab.services.events import EventBus
@@ -138,7 +138,7 @@ class LabService:
                 lab = await self._deploy_new(wanted, start=start, owner_id=owner_id, made=made)
             return lab, True
         interrupted = self.intents.matches(wanted)
-        if self.resolved(existing) == wanted.canonical():
+        if _placed_as_asked(self.resolved(existing), wanted) == wanted.canonical():
             if start:
                 await self.start(existing.name)
             if interrupted:  # every node and link was made before the server died
@@ -165,8 +165,9 @@ class LabService:
         machines = [n for n in wanted.nodes if not n.is_nat]  # a NAT node is no machine
         missing = [n for n in machines if n.name not in have]
         what = f"lab {wanted.name} ({len(machines)} nodes)"
-        if start:  # the start itself holds the RAM
-            ram = {f"{wanted.name}:{n.name}": n.ram_mb for n in machines}
+        if start:  # the start itself holds the RAM; a node on a libvirt host needs its host's
+            here = [n for n in machines if n.host in (None, LOCAL_HOST)]
+            ram = {f"{wanted.name}:{n.name}": n.ram_mb for n in here}
             self.nodes.check_ram(ram, f"{what}, {sum(ram.values())} MiB")
         return self._reserve_nodes(owner_id, len(missing), what)
 
@@ -272,7 +273,7 @@ class LabService:
             self.fault("lab_after_start")
             return started
 
-        ram = {n.id: n.ram_mb for n in todo}
+        ram = {n.id: n.ram_mb for n in todo if n.host == LOCAL_HOST}  # others: their host's
         what = f"lab {lab.name} ({len(todo)} nodes, {sum(ram.values())} MiB)"
         with self.nodes.hold_ram(ram, what):
             return list(await asyncio.gather(*(one(n) for n in todo)))
@@ -311,6 +312,7 @@ class LabService:
                 ram_mb=n.ram_mb, disk_bus=DiskBus(n.disk_bus), nics=n.nics,
                 nic_model=NicModel(n.nic_model), disk_size_mb=n.disk_size_mb, serial=n.serial,
                 vnc=n.vnc, extra_args=n.extra_args,
+                host=None if n.host == LOCAL_HOST else n.host,
                 management=_nat_spec(n.management["mgmt"]) if "mgmt" in n.management else None,
                 position=Position(n.position_x, n.position_y)
                 if n.position_x is not None and n.position_y is not None else None,
@@ -399,8 +401,19 @@ def _settings(node: ResolvedNode, lab: str, management: dict) -> NodeSettings:
         disk_bus=node.disk_bus, nics=node.nics, nic_model=node.nic_model,
         disk_size_mb=node.disk_size_mb, serial=node.serial, vnc=node.vnc,
         extra_args=node.extra_args, kind=node.kind, management=management,
-        position=(node.position.x, node.position.y) if node.position else None,
+        position=(node.position.x, node.position.y) if node.position else None, host=node.host,
     )  # fmt: skip
+
+
+def _placed_as_asked(current: ResolvedLab, wanted: ResolvedLab) -> ResolvedLab:
+    """``current`` with the host of each node the file leaves to placement left out too, so a
+    placed node does not make the same file differ."""
+    asked = {n.name: n.host for n in wanted.nodes}
+    nodes = tuple(
+        replace(n, host=None if asked.get(n.name) is None else n.host or LOCAL_HOST)
+        for n in current.nodes
+    )
+    return replace(current, nodes=nodes).canonical()
 
 
 def _impairment_dict(link: ResolvedLink) -> dict:

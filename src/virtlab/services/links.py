@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from virtlab.names import ENDPOINT
 from virtlab.nodes.state import NodeState
 from virtlab.services.events import EventBus
 from virtlab.services.nodes import NodeService
+from virtlab.services.tunnels import Tunnels
 
 __all__ = ["LinkService", "parse_endpoint"]
 
@@ -35,6 +36,10 @@ log = logging.getLogger("virtlab.links")
 
 _ENDPOINT = re.compile(r"^(?P<node>[^:]+):eth(?P<index>\d{1,2})$")  # once ENDPOINT passed
 _DIRECTIONS = ("a_to_b", "b_to_a")
+_NO_RELAY = (
+    "links of nodes on libvirt hosts are UDP tunnels without a relay: they cannot be captured "
+    "or impaired yet; capture or impair a link between nodes of the local host"
+)
 _RUNNING = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
 
 
@@ -59,9 +64,10 @@ def impairments(raw: dict | None) -> dict[str, Impairment]:
 class LinkService:
     def __init__(
         self, *, catalog: Catalog, nodes: NodeService, links_dir: Path, captures_dir: Path,
-        events: EventBus | None = None,
+        events: EventBus | None = None, tunnels: Tunnels | None = None,
     ) -> None:  # fmt: skip
         self.catalog = catalog
+        self.tunnels = tunnels
         self.nodes = nodes
         self.links_dir = links_dir
         self.captures_dir = captures_dir
@@ -72,6 +78,8 @@ class LinkService:
         self._lock = asyncio.Lock()
         nodes.after_start = self._node_started
         nodes.before_delete = self._node_deleting
+        if tunnels is not None:
+            nodes.tunnels_of = tunnels.of
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -124,12 +132,20 @@ class LinkService:
         if state not in ("up", "down"):
             raise InvalidRequest(f"a link's state is up or down, not {state!r}")
         checked = impairments(impairment)
+        tunnel = self.tunnels is not None and self.tunnels.needed(na, nb)
+        if tunnel:
+            self.tunnels.check(na, nb)  # type: ignore[union-attr]
+            if any(not v.is_none for v in checked.values()):
+                raise Conflict(_NO_RELAY)
         record = LinkRecord(
             id=uuid.uuid4().hex[:12], lab_id=lab_id, a_node=na.id, a_iface=ia, b_node=nb.id,
             b_iface=ib, state=state, created_at=datetime.now(UTC),
             impairment={d: asdict(v) for d, v in checked.items() if not v.is_none},
         )  # fmt: skip
         async with self._lock:
+            if tunnel:
+                a_port, b_port = self.tunnels.allocate(na, nb)  # type: ignore[union-attr]
+                record = replace(record, a_port=a_port, b_port=b_port)
             with self.catalog.session() as session:
                 repo = LinkRepository(session)
                 for node, index in ends:
@@ -172,6 +188,8 @@ class LinkService:
     async def set_impairment(self, link_id: str, impairment: dict | None) -> LinkRecord:
         checked = impairments(impairment)
         stored = {d: asdict(v) for d, v in checked.items() if not v.is_none}
+        if stored and self.get(link_id).tunnel:
+            raise Conflict(_NO_RELAY)
         async with self._lock:
             with self.catalog.session() as session:
                 link = LinkRepository(session).update(self.get(link_id).id, impairment=stored)
@@ -184,6 +202,8 @@ class LinkService:
         return link
 
     async def start_capture(self, link_id: str) -> Path:
+        if self.get(link_id).tunnel:
+            raise Conflict(_NO_RELAY)
         async with self._lock:
             with self.catalog.session() as session:
                 link = LinkRepository(session).update(self.get(link_id).id, capturing=True)
@@ -214,6 +234,8 @@ class LinkService:
     async def stream(self, link_id: str) -> AsyncIterator[bytes]:
         """A live pcap stream of the link (global header, then frames) until the reader leaves."""
         link = self.get(link_id)
+        if link.tunnel:
+            raise Conflict(_NO_RELAY)
         async with self._lock:
             self._streams[link.id] += 1
             await self._settle(link)
@@ -254,6 +276,10 @@ class LinkService:
 
     async def _settle(self, link: LinkRecord) -> None:
         """Wire the link directly, or through a relay when something needs one."""
+        if link.tunnel:
+            if self._needs_relay(link):
+                raise Conflict(_NO_RELAY)
+            return  # a UDP tunnel: part of each node's definition when it starts
         a, b = self._endpoints(link)
         relay = self._relays.get(link.id)
         if self._needs_relay(link):
@@ -280,6 +306,11 @@ class LinkService:
             shutil.rmtree(relay.link_dir, ignore_errors=True)
 
     async def _unwire(self, link: LinkRecord) -> None:
+        if link.tunnel:  # running ends lose the carrier; the tunnel is gone at their next start
+            for node_id, index in link.ends():
+                if NodeState(self.node_of(node_id).state) in _RUNNING:
+                    await self.nodes.driver.set_link(node_id, index, False)
+            return
         a, b = self._endpoints(link)
         relay = self._relays.get(link.id)
         disconnect(a, b, relay_socks=(relay.a_sock, relay.b_sock) if relay else None)

@@ -14,6 +14,8 @@ through a deploy or a start. Afterwards:
 - a node the catalog says is ``running``, ``suspended`` or ``stopping`` gets its live QEMU
   back (monitor, console, links untouched: they are files) and the state QEMU reports; one
   whose QEMU is gone is ``crashed``, with the tail of its log;
+- a node on a libvirt host that does not answer is ``unknown`` until it does (the host
+  service re-adopts it then);
 - a node that was ``starting`` and whose QEMU still runs (halted, ``-S``) has its start
   finished: console, links, then ``cont``; one whose QEMU is gone is ``crashed``.
 
@@ -112,8 +114,13 @@ async def recover(nodes: NodeService) -> None:
     for gone in sweep_directories(nodes.nodes_dir, {r.id for r in records}):
         log.warning("start-up sweep removed the node directory %s (no node has it)", gone)
     for record in records:
-        if NodeState(record.state) in _ACTIVE:
-            await _adopt(nodes, record)
+        if NodeState(record.state) not in (*_ACTIVE, NodeState.UNKNOWN):
+            continue
+        if not nodes.reachable(record.host):  # a libvirt host that does not answer (yet)
+            why = f"host {record.host} does not answer; its nodes are re-adopted when it does"
+            await nodes._set(record.id, NodeState.UNKNOWN, why)
+            continue
+        await _adopt(nodes, record)
 
 
 async def _adopt(nodes: NodeService, record: NodeRecord) -> None:

@@ -34,6 +34,7 @@ class NodeSettings:
     kind: str = ""
     management: dict = field(default_factory=dict)  # user-mode NICs: see NodeRecord
     position: tuple[float, float] | None = None
+    host: str | None = None  # a host by name; None: placed by the placement policy
 
     def checked(self, *, new_name: bool = True) -> NodeSettings:
         """Every field checked; the name by today's rule when it is new (a node made before

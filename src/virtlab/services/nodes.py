@@ -30,7 +30,9 @@ from virtlab.images.formats import ImageKind
 from virtlab.names import NODE
 from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.memory import RamLedger
+from virtlab.nodes.qemu.process import log_tail
 from virtlab.nodes.spec import (
+    LOCAL_HOST,
     Accel,
     DiskBus,
     NicModel,
@@ -87,6 +89,10 @@ class NodeService:
         self.after_start: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.before_delete: Callable[[NodeRecord], Awaitable[None]] | None = None
         self.checkpoints_of: Callable[[str], list[str]] = lambda _id: []  # set by checkpoints
+        # Set by the host service: where a new node goes; whether a host answers now.
+        self.place: Callable[[NodeSettings], str] = lambda _s: "local"
+        self.reachable: Callable[[str], bool] = lambda _host: True
+        self.tunnels_of: Callable[[NodeRecord], dict] = lambda _r: {}  # set by links
         self.driver.on_exit = self._on_exit
         self.driver.on_pause = self._on_pause
         self.images.users_of = self.users_of
@@ -146,13 +152,16 @@ class NodeService:
         path = self.images.store.absolute(image.path)
         cdrom = path if image.kind == ImageKind.CDROM else None
         nics = nic_specs(record)
+        if record.host != LOCAL_HOST:  # links there are UDP tunnels, fixed when it starts
+            tunnels = self.tunnels_of(record)
+            nics = tuple(replace(nic, tunnel=tunnels.get(nic.index)) for nic in nics)
         return NodeSpec(
             id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
             accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,
             disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
             start_paused=True,
             vnc=record.vnc, uuid=str(uuid.uuid5(_UUID_NAMESPACE, record.id)),
-            extra_args=record.extra_args,
+            extra_args=record.extra_args, host=record.host,
         )  # fmt: skip
 
     # -- creating and editing -----------------------------------------------------------------
@@ -198,6 +207,7 @@ class NodeService:
             lab_id=lab_id, kind=settings.kind, management=settings.management,
             position_x=settings.position[0] if settings.position else None,
             position_y=settings.position[1] if settings.position else None,
+            host=self.place(settings),
         )  # fmt: skip
         self._check_name_free(settings.name, lab_id)
         # Until its row is in, the node's ports and name are kept from concurrent creations.
@@ -279,6 +289,8 @@ class NodeService:
         self.publish(record)
         return record
 
+    set_state = _set  # for the host service: nodes whose host went away or came back
+
     def publish(self, record: NodeRecord, *, deleted: bool = False) -> None:
         if self.events is not None:
             self.events.publish(
@@ -310,8 +322,13 @@ class NodeService:
             )
 
     def active_ram(self) -> dict[str, int]:
-        """The RAM (MiB) of each node whose QEMU runs or is about to, by id."""
-        return {n.id: n.ram_mb for n in self.list() if NodeState(n.state) in _ACTIVE}
+        """The RAM (MiB) of each node of this host whose QEMU runs or is about to, by id (a
+        libvirt host's nodes count against its own memory: placement, services/hosts.py)."""
+        return {
+            n.id: n.ram_mb
+            for n in self.list()
+            if NodeState(n.state) in _ACTIVE and n.host == LOCAL_HOST
+        }
 
     def hold_ram(self, wanted: Mapping[str, int], what: str) -> contextlib.AbstractContextManager:
         """Promise ``wanted`` (id -> MiB) for the block (starts in flight), or refuse with
@@ -338,10 +355,11 @@ class NodeService:
         if resume is not None:
             machine, accel = resume.machine or spec.machine, resume.accel or spec.accel.value
             spec = replace(spec, loadvm=resume.tag, machine=machine, accel=Accel(accel))
-        if not spec.paths.disk.exists():
+        if spec.host == LOCAL_HOST and not spec.paths.disk.exists():  # a host's: a volume
             raise Conflict(f"node {record.name} has no disk; wipe it to make a fresh one")
         what = f"node {record.name} ({record.ram_mb} MiB)"
-        with self.hold_ram({record.id: record.ram_mb}, what):
+        local = {record.id: record.ram_mb} if record.host == LOCAL_HOST else {}
+        with self.hold_ram(local, what):
             return await self._launch(record, spec)
 
     async def _launch(self, record: NodeRecord, spec: NodeSpec) -> NodeRecord:
@@ -421,6 +439,7 @@ class NodeService:
         record = self.get(ref)
         async with self._locks[record.id]:
             record = await self._transition(record.id, Action.DELETE)
+            await self.driver.delete_disk(self.spec(record))  # a volume on a libvirt host
             if self.before_delete is not None:
                 await self.before_delete(record)
             await self.consoles.close(record.id)
@@ -453,6 +472,22 @@ class NodeService:
     async def adopt_all(self) -> None:
         """Make the nodes agree with what outlived the last server (``node_faults``)."""
         await recover(self)
+
+    async def adopt_one(self, record: NodeRecord, gone: str) -> None:
+        """Find a node's machine again: unknown while its host does not answer; ``crashed``
+        (saying ``gone``) when it no longer runs; else its consoles open again."""
+        if not self.reachable(record.host):
+            why = f"host {record.host} does not answer; its nodes are re-adopted when it does"
+            await self._set(record.id, NodeState.UNKNOWN, why)
+            return
+        spec = self.spec(record)
+        state = await self.driver.adopt(spec)
+        if state is None:
+            await self._set(record.id, NodeState.CRASHED, f"{gone}:\n{log_tail(spec.paths.log)}")
+            return
+        await self.consoles.open(record, spec)
+        await self._set(record.id, state, "")
+        log.info("re-adopted node %s (%s)", record.name, state.value)
 
     async def shutdown(self, *, stop_nodes: bool) -> None:
         if stop_nodes:

@@ -12,7 +12,7 @@ from virtlab.api.deps import RuntimeDep
 
 router = APIRouter(tags=["events"])
 
-_SHARED = frozenset({"import", "overflow"})  # images are everyone's
+_SHARED = frozenset({"import", "host", "overflow"})  # images and hosts are everyone's
 
 
 class _Visible:
@@ -35,9 +35,9 @@ class _Visible:
 
 @router.websocket("/api/events")
 async def events(websocket: WebSocket, runtime: RuntimeDep, access: AccessDep) -> None:
-    """Each message is one JSON object: ``{"kind": "node"|"link"|"lab"|"import"|"overflow",
-    "time": …, …}``. A client too slow to keep up gets ``overflow`` and is closed. A user gets
-    the events of their own labs, and of image imports."""
+    """Each message is one JSON object: ``{"kind": "node"|"link"|"lab"|"import"|"host"|
+    "overflow", "time": …, …}``. A client too slow to keep up gets ``overflow`` and is closed.
+    A user gets the events of their own labs, of image imports and of hosts."""
     visible = _Visible(access, await asyncio.to_thread(access.visible_lab_names))
     await websocket.accept()
     try:

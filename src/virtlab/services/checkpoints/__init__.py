@@ -31,6 +31,7 @@ from virtlab.errors import Conflict, InvalidRequest, ToolFailure, VirtlabError
 from virtlab.names import TAG
 from virtlab.nodes.checkpoints import validate_tag
 from virtlab.nodes.driver import NodeDriver
+from virtlab.nodes.spec import LOCAL_HOST
 from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.checkpoints import screens
 from virtlab.services.checkpoints.progress import SaveProgress, watch_saves
@@ -72,6 +73,7 @@ class CheckpointService(CheckpointBook):
         async with self.nodes.holding(node.id):
             node = self.nodes.get(node.id)
             guard(node.name, NodeState(node.state), Action.CHECKPOINT)
+            _refuse_on_hosts([node], f"node {node.name}")
             self.tag_free([node], tag)
             progress = self._progress(self.nodes.lab_name(node.lab_id), node.name, tag, [node])
             running = [node] if NodeState(node.state) is NodeState.RUNNING else []
@@ -95,6 +97,7 @@ class CheckpointService(CheckpointBook):
                     f"be suspended): `virtlab lab start {lab.name}` first, or checkpoint nodes "
                     "one by one (`virtlab node checkpoint NODE TAG`)"
                 )
+            _refuse_on_hosts(members, f"lab {lab.name}")
             if TAG.clash(tag, [c.tag for c in self.of_lab(lab.name)]) is not None:
                 raise Conflict(
                     f"lab {lab.name} has a checkpoint named {tag} already; choose another tag, "
@@ -314,3 +317,14 @@ class CheckpointService(CheckpointBook):
         if self.events is not None:
             self.events.publish("checkpoint", lab=lab, node=node, tag=tag, state=state,
                                 detail=detail)  # fmt: skip
+
+
+def _refuse_on_hosts(members: list[NodeRecord], what: str) -> None:
+    """Checkpoints live in local disks: refused, before anything, for nodes on libvirt hosts."""
+    remote = [f"{n.name} (on {n.host})" for n in members if n.host != LOCAL_HOST]
+    if remote:
+        raise Conflict(
+            f"cannot checkpoint {what}: {', '.join(remote)} "
+            f"{'runs' if len(remote) == 1 else 'run'} on a libvirt host, where checkpoints are "
+            "not supported yet; checkpoint nodes of the local host one by one"
+        )
