@@ -7,6 +7,7 @@ does, the other must do: the node service above cannot tell them apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -55,11 +56,23 @@ class Harness:
     async def next_exit(self, timeout: float = 60) -> tuple[str, NodeState, str]:
         return await asyncio.wait_for(self.exits.get(), timeout)
 
+    @contextlib.asynccontextmanager
+    async def hub(self, spec: NodeSpec) -> AsyncIterator[SerialHub]:
+        """A console hub on the node's serial: the first one takes over the connection the
+        driver made before QEMU ran (which holds the guest's first bytes); later ones connect
+        to the socket's path, as a restarted server's does."""
+        hub = SerialHub(spec.paths.serial)
+        await hub.start(sock=self.driver.console_socket(spec.id))
+        try:
+            yield hub
+        finally:
+            await hub.stop()
+
     async def booted(self, spec: NodeSpec) -> None:
         """Until the guest's OS runs (a power button pressed earlier is lost, as on hardware)."""
         if isinstance(self.driver, FakeDriver):
             return
-        async with SerialHub(spec.paths.serial) as hub:
+        async with self.hub(spec) as hub:
             with hub.subscribe() as output:
                 seen = b""
                 async for chunk in output:
@@ -74,7 +87,7 @@ class Harness:
             return
 
         async def typed() -> None:
-            async with SerialHub(spec.paths.serial) as hub:
+            async with self.hub(spec) as hub:
                 with hub.subscribe() as output:
                     await hub.write(line.encode() + b"\r")
                     seen = b""

@@ -146,7 +146,6 @@ class NodeService:
             id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
             accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,
             disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
-            start_paused=True,
             vnc=record.vnc, uuid=str(uuid.uuid5(_UUID_NAMESPACE, record.id)),
             extra_args=record.extra_args,
         )  # fmt: skip
@@ -335,17 +334,18 @@ class NodeService:
     async def _launch(self, record: NodeRecord, spec: NodeSpec) -> NodeRecord:
         self._set(record.id, NodeState.STARTING, "")
         try:
-            # QEMU starts with its vCPUs halted (-S): the console hub connects and the
-            # links are set before the guest prints its first byte or sends its first frame.
+            # The guest runs from the start: its first serial bytes wait in the connection
+            # the driver made before QEMU ran (console_socket); links are wired just after.
             await self.driver.start(spec)
         except BaseException as exc:
             self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
         try:
-            await self.consoles.open(record, spec)
+            await self.consoles.open(record, spec, self.driver.console_socket(record.id))
             if self.after_start is not None:
                 await self.after_start(record)
-            await self.driver.resume(record.id)
+            if spec.start_paused:  # a driver that was asked to start it halted
+                await self.driver.resume(record.id)
         except BaseException as exc:
             await self.driver.kill(record.id)
             self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")

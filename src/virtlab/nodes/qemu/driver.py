@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Awaitable
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from virtlab._util.dirwatch import DirWatch
 from virtlab.errors import Conflict
 from virtlab.images.qemu_img import QemuImg
 from virtlab.nodes.checkpoints import SavedState
@@ -25,6 +25,7 @@ from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.qemu.argv import DISK_NODE, build_argv, nic_device_id
 from virtlab.nodes.qemu.monitor import Monitor, MonitorError
 from virtlab.nodes.qemu.process import LaunchFailure, QemuProcess, log_tail
+from virtlab.nodes.qemu.sockets import NodeSockets
 from virtlab.nodes.spec import NodeSpec
 from virtlab.nodes.state import NodeState
 
@@ -43,6 +44,7 @@ class _Machine:
     monitor: Monitor
     expected_exit: bool = False  # we asked it to end: its exit is not a crash
     suspended: bool = False
+    sockets: NodeSockets | None = None  # ours, when we started it (not when adopted)
     watcher: asyncio.Task | None = field(default=None, repr=False)
 
 
@@ -78,61 +80,73 @@ class QemuDriver(NodeDriver):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, spec: NodeSpec) -> None:
+        """Spawn QEMU on sockets made here (:mod:`virtlab.nodes.qemu.sockets`): the guest runs
+        at once, its first serial bytes wait in the connection :meth:`console_socket` hands
+        over; returns once QMP answers."""
         if spec.id in self._machines:
             raise Conflict(f"node {spec.name} already runs")
         paths = spec.paths
         for stale in (paths.qmp, paths.serial, paths.vnc, paths.pidfile):
             stale.unlink(missing_ok=True)
-        argv = build_argv(spec, binary=self.binary)
+        argv = build_argv(spec, binary=self.binary, passed_sockets=True)
         with paths.log.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
-        process = QemuProcess.launch(argv, log=paths.log)
+        sockets = NodeSockets.bind(paths.qmp, paths.serial if spec.serial else None)
+        try:
+            process = QemuProcess.launch(argv, log=paths.log, pass_fds=sockets.passed_fds())
+        except BaseException:
+            sockets.close()
+            raise
+        sockets.release_listeners()  # QEMU holds them now
         try:
             monitor = await self._connect(spec, process)
         except BaseException:
+            sockets.close()
             process.signal()
             await process.wait(10)
             raise
-        self._track(_Machine(spec, process, monitor))
+        self._track(_Machine(spec, process, monitor, sockets=sockets))
+
+    def console_socket(self, node_id: str) -> socket.socket | None:
+        machine = self._machines.get(node_id)
+        return machine.sockets.take_serial() if machine and machine.sockets else None
 
     async def _connect(self, spec: NodeSpec, process: QemuProcess) -> Monitor:
-        """Connect to the QMP socket QEMU creates, unless QEMU dies or takes too long.
+        """Connect to QMP, unless QEMU dies or takes too long.
 
-        The node directory is watched (inotify), so the connection follows the socket's
-        creation at once rather than at the next poll.
-        """
-        deadline = time.monotonic() + self.start_timeout
-        watch: DirWatch | None = None
-        delay = 0.002
+        The socket listens before QEMU runs, so the connection is queued at once; QEMU
+        answers it (the greeting) once its main loop runs. A QEMU that dies before that
+        (a bad ``-loadvm``, say) closes the socket, which fails the connection."""
+        monitor = Monitor(spec.name)
+        connect = asyncio.ensure_future(monitor.connect(spec.paths.qmp))
+        ended = asyncio.ensure_future(process.wait())
         try:
-            while True:
-                if not process.alive or time.monotonic() > deadline:
-                    why = (
-                        "exited" if not process.alive
-                        else f"did not answer in {self.start_timeout} s"
-                    )  # fmt: skip
-                    raise LaunchFailure(
-                        f"QEMU for node {spec.name} {why}: {_this_start(spec.paths.log)}",
-                        (),
-                        process.returncode,
-                        log_tail(spec.paths.log),
-                    )
-                monitor = Monitor(spec.name)
-                try:
-                    await monitor.connect(spec.paths.qmp)
-                    return monitor
-                except MonitorError:  # not there, or bound but not listening yet
-                    await monitor.close()
-                if watch is None:  # watch from now on, and try again: no creation is missed
-                    watch = DirWatch(spec.paths.root)
-                    continue
-                # A new entry means another try at once; without one, back off (QEMU may
-                # also have died: that is checked each time round).
-                woke = await watch.wait(delay)
-                delay = 0.002 if woke else min(delay * 2, 0.025)
+            await asyncio.wait(
+                {connect, ended}, timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            if watch is not None:
-                watch.close()
+            ended.cancel()
+            if not connect.done():
+                connect.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MonitorError):
+                await connect
+        if not connect.cancelled() and connect.exception() is None:
+            return monitor
+        await monitor.close()
+        if process.alive:  # the monitor failed as QEMU went: let its exit be seen
+            await process.wait(2)
+        failed = connect.exception() if not connect.cancelled() else None
+        why = (
+            "exited" if not process.alive
+            else f"did not answer in {self.start_timeout} s" if failed is None
+            else f"failed its monitor ({failed})"
+        )  # fmt: skip
+        raise LaunchFailure(
+            f"QEMU for node {spec.name} {why}: {_this_start(spec.paths.log)}",
+            (),
+            process.returncode,
+            log_tail(spec.paths.log),
+        ) from failed
 
     def _track(self, machine: _Machine) -> None:
         self._machines[machine.spec.id] = machine
@@ -141,6 +155,8 @@ class QemuDriver(NodeDriver):
     async def _watch(self, machine: _Machine) -> None:
         await machine.process.wait()
         await machine.monitor.close()
+        if machine.sockets is not None:
+            machine.sockets.close()
         self._machines.pop(machine.spec.id, None)
         asked = machine.expected_exit or machine.monitor.seen(_SHUTDOWN)
         if asked:
@@ -282,7 +298,7 @@ class QemuDriver(NodeDriver):
             await monitor.close()
             process.forget()
             return None
-        # "prelaunch": the server died between starting QEMU (-S) and letting it run.
+        # "prelaunch": a QEMU started halted (-S) by an older server that died before `cont`.
         machine = _Machine(spec, process, monitor, suspended=status in ("paused", "prelaunch"))
         self._track(machine)
         return NodeState.SUSPENDED if machine.suspended else NodeState.RUNNING
@@ -303,6 +319,8 @@ class QemuDriver(NodeDriver):
                 machine.watcher.cancel()
             machine.process.forget()
             await machine.monitor.close()
+            if machine.sockets is not None:
+                machine.sockets.close()
         self._machines.clear()
 
 
