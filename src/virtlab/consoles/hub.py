@@ -18,7 +18,8 @@ Decisions:
   whatever the guest printed. Otherwise (a re-adopted node, another driver): after a failed
   try the socket's directory is watched with inotify (through libc) and each new entry there
   triggers a new try; a back-off (10 ms doubling to 0.5 s, back to 10 ms after each event)
-  covers a socket that exists but refuses (QEMU between ``bind`` and ``listen``; a dead QEMU's stale socket).
+  covers a socket that exists but refuses (QEMU between ``bind`` and ``listen``; a dead
+  QEMU's stale socket).
 * **No reconnecting.** A node reset keeps QEMU's chardev connected; the socket closes only when
   QEMU exits. End of file closes the hub: subscriptions end after a notice line, and
   :attr:`SerialHub.closed` is set. A new QEMU gets a new hub.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from virtlab.catalog import Catalog, NodeRecord, NodeRepository
+from virtlab.catalog import Catalog, ImageRecord, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
@@ -137,8 +137,9 @@ class NodeService:
         with self.catalog.session() as session:
             return NodeRepository(session).using_image(image)
 
-    def spec(self, record: NodeRecord) -> NodeSpec:
-        image = self.images.get(record.image)
+    def spec(self, record: NodeRecord, image: ImageRecord | None = None) -> NodeSpec:
+        """``image``: the node's image record, when the caller has just read it."""
+        image = image or self.images.get(record.image)
         path = self.images.store.absolute(image.path)
         cdrom = path if image.kind == ImageKind.CDROM else None
         nics = nic_specs(record)
@@ -159,12 +160,15 @@ class NodeService:
         owner's quota, and this is called once its row is in; else it is reserved here."""
         settings = settings.checked()
         if reserved is None and self.quota is not None:
-            owner = self.quota.owner_of_lab(self.lab_id(settings.lab))
+            lab_id = self.lab_id(settings.lab)
+            owner = self.quota.owner_of_lab(lab_id)
             with self.quota.reserve(owner, 1, f"node {settings.name}") as made:
-                return await self._create(settings, made)
+                return await self._create(settings, made, lab_id)
         return await self._create(settings, reserved or (lambda: None))
 
-    async def _create(self, settings: NodeSettings, made: Callable[[], None]) -> NodeRecord:
+    async def _create(
+        self, settings: NodeSettings, made: Callable[[], None], lab_id: str | None = None
+    ) -> NodeRecord:
         image = self.images.get(settings.image)
         base = self.images.store.absolute(image.path)
         if image.kind == ImageKind.CDROM:
@@ -179,7 +183,7 @@ class NodeService:
                 f"{image.name} is stored as {image.format}, not qcow2; run "
                 "`virtlab image verify --fix` to convert it first"
             )
-        lab_id = self.lab_id(settings.lab)
+        lab_id = lab_id or self.lab_id(settings.lab)
         node_id = new_node_id()
         in_use = self._ports_in_use() | self._ports_making
         ports = self.consoles.allocate(in_use, settings.serial, settings.vnc)
@@ -200,7 +204,7 @@ class NodeService:
         self._ports_making |= claimed
         self._names_making.add((lab_id, settings.name))
         try:
-            await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
+            await self.driver.create_disk(self.spec(record, image), base, record.disk_size_mb)
             with self.catalog.session() as session:
                 NodeRepository(session).add(record)
             made()
@@ -314,13 +318,22 @@ class NodeService:
 
     async def start(self, ref: str) -> NodeRecord:
         record = self.get(ref)
-        async with self._locks[record.id]:
-            return await self.start_held(record.id)
+        lock = self._locks[record.id]
+        # A free lock is taken without a pause (nothing runs in between): the record just
+        # read is still current, and is not read again.
+        current = None if lock.locked() else record
+        async with lock:
+            return await self.start_held(record.id, current=current)
 
-    async def start_held(self, node_id: str, resume: CheckpointRecord | None = None) -> NodeRecord:
+    async def start_held(
+        self, node_id: str, resume: CheckpointRecord | None = None, *,
+        current: NodeRecord | None = None,
+    ) -> NodeRecord:  # fmt: skip
         """Start a node whose lock the caller holds; from checkpoint ``resume`` if given (its
-        machine type and accelerator pinned to those it was saved with)."""
-        record = await self._transition(node_id, Action.START)
+        machine type and accelerator pinned to those it was saved with). ``current``: its
+        record, read under that lock already."""
+        record = current or self.get(node_id)
+        guard(record.name, NodeState(record.state), Action.START)
         spec = self.spec(record)
         if resume is not None:
             machine, accel = resume.machine or spec.machine, resume.accel or spec.accel.value
