@@ -34,6 +34,7 @@ __all__ = ["QemuDriver"]
 log = logging.getLogger("virtlab.nodes")
 
 _SHUTDOWN = "SHUTDOWN"  # QMP event: the guest (or we) asked for power-off
+_WAITING = "info: QEMU waiting for connection on:"  # each start's line in qemu.log
 T = TypeVar("T")
 
 
@@ -325,7 +326,9 @@ class QemuDriver(NodeDriver):
 
 
 def _this_start(log: Path, lines: int = 8) -> str:
-    """The log's last lines since its last ``--- … starting`` line (this start's own)."""
+    """The log's last lines since its last ``--- … starting`` line (this start's own), less
+    QEMU's note that it takes the serial connection queued for it (``wait=on``)."""
     tail = log_tail(log, 60).splitlines()
     starts = [i for i, line in enumerate(tail) if line.startswith("--- ") and "starting" in line]
-    return "\n".join(tail[starts[-1] + 1 if starts else 0 :][-lines:]).strip()
+    own = [line for line in tail[starts[-1] + 1 if starts else 0 :] if _WAITING not in line]
+    return "\n".join(own[-lines:]).strip()
