@@ -191,6 +191,24 @@ async def test_a_second_start_is_refused(harness: Harness, tmp_path: Path, base:
         await harness.driver.start(spec)
 
 
+async def test_sockets_that_cannot_be_made_fail_the_start_and_leave_nothing(
+    harness: Harness, tmp_path: Path, base: Path
+) -> None:
+    if not isinstance(harness.driver, QemuDriver):
+        pytest.skip("the fake makes no sockets")
+    spec = _spec(tmp_path)
+    await harness.driver.create_disk(spec, base, None)
+    spec.paths.qmp.mkdir()  # not a stale socket: a directory with something in it
+    (spec.paths.qmp / "keep").write_text("not ours to remove")
+    with pytest.raises(ToolFailure, match=r"cannot make the QMP and console sockets of node n1 "
+                       r"in .*: .*; check that directory's permissions"):  # fmt: skip
+        await harness.driver.start(spec)
+    assert harness.driver.state(spec.id) is NodeState.STOPPED
+    assert harness.driver.pid(spec.id) is None, "no QEMU was left running"
+    assert (spec.paths.qmp / "keep").exists() and not spec.paths.serial.exists()
+    assert harness.driver.console_socket(spec.id) is None
+
+
 async def test_actions_on_a_machine_that_does_not_run_are_refused(harness: Harness) -> None:
     for action in (harness.driver.suspend, harness.driver.resume, harness.driver.screenshot):
         with pytest.raises(Conflict, match="has no running machine"):

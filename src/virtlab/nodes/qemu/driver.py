@@ -87,12 +87,19 @@ class QemuDriver(NodeDriver):
         if spec.id in self._machines:
             raise Conflict(f"node {spec.name} already runs")
         paths = spec.paths
-        for stale in (paths.qmp, paths.serial, paths.vnc, paths.pidfile):
+        for stale in (paths.vnc, paths.pidfile):  # (NodeSockets.bind replaces its own)
             stale.unlink(missing_ok=True)
         argv = build_argv(spec, binary=self.binary, passed_sockets=True)
         with paths.log.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
-        sockets = NodeSockets.bind(paths.qmp, paths.serial if spec.serial else None)
+        try:
+            sockets = NodeSockets.bind(paths.qmp, paths.serial if spec.serial else None)
+        except OSError as exc:
+            raise LaunchFailure(
+                f"cannot make the QMP and console sockets of node {spec.name} in {paths.root}: "
+                f"{exc}; check that directory's permissions and the disk's free space",
+                argv,
+            ) from exc
         try:
             process = QemuProcess.launch(argv, log=paths.log, pass_fds=sockets.passed_fds())
         except BaseException:
