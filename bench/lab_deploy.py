@@ -7,12 +7,13 @@ virtlab: from the ``POST`` until every node's serial WebSocket has shown
 at a time, each once QMP answers; the WebSockets open once the reply is in: the console
 hub keeps a scrollback, so no byte is lost).
 bare: each node's ``qemu-system-x86_64`` argv is read from ``/proc/<pid>/cmdline`` after a
-virtlab run, less ``-S`` (virtlab starts a node halted and sends ``cont`` once its console
-hub listens), with its directory replaced by a scratch one, and each node's link symlinks
-(``nicN.peer``) are noted; the lab is then destroyed. One ``bash -c`` then runs a plain
-loop over the scratch directories: ``qemu-img create -b`` (a fresh overlay), ``ln -s`` (the
-cables), ``setsid qemu-system-x86_64 … &`` (each QEMU in a session of its own, as virtlab
-starts them: see :data:`ONE_SESSION_MIN_NODES`); every node's serial unix socket is polled
+virtlab run, with QMP and the serial console on sockets QEMU binds itself (virtlab passes
+its own as descriptors: ``bench.nodes.bare_argv``), its directory replaced by a scratch
+one, and each node's link symlinks (``nicN.peer``) are noted; the lab is then destroyed.
+One ``bash -c`` then runs a plain loop over the scratch directories: ``qemu-img create -b``
+(a fresh overlay), ``ln -s`` (the cables), ``setsid qemu-system-x86_64 … &`` (each QEMU in a
+session of its own, as virtlab starts them: see :data:`ONE_SESSION_MIN_NODES`); every
+node's serial unix socket is polled
 until it accepts and read until the marker. Both sides include overlays, cables and the
 boot. The same loop without ``setsid`` runs once more as context.
 Best of ``--runs`` each, the sides alternating (virtlab first, as it provides the argv).
@@ -46,7 +47,7 @@ from bench.lab_server import (
     kill_qemus,
     run_list,
 )
-from bench.nodes import _MARKER, _PANIC, GuestFailed, _until_marker, _ws_url
+from bench.nodes import _MARKER, _PANIC, GuestFailed, _until_marker, _ws_url, bare_argv
 
 RING_FILE = REPO / "examples" / "ring10.yaml"
 
@@ -215,9 +216,8 @@ def _as_ran(bench: Bench, nodes: list[dict[str, Any]]) -> list[BareNode]:
         node_dir = bench.node_dir(node["id"])
         pid = bench.qemu_pid(node["id"])
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-        # virtlab starts nodes halted (-S) and lets them run once the console hub listens and
-        # the links are set; a shell loop has nobody to say `cont`, so it runs from the start.
-        argv = [a for a in argv if a != "-S"]
+        # QMP and the serial console on sockets QEMU binds itself: virtlab passes its own.
+        argv = bare_argv(argv, node_dir)
         peers = {}
         for peer in sorted(node_dir.glob("nic*.peer")):
             target = Path(os.readlink(peer))

@@ -12,10 +12,11 @@ boots it under the accelerator the server picked (TCG on these machines), with `
     then the serial WebSocket ``/api/nodes/{id}/console/serial`` until its first byte (the
     hub keeps a scrollback, so a byte written before the socket connected is not lost).
     bare: the same ``qemu-system-x86_64`` argv, read from ``/proc/<pid>/cmdline`` of a node's
-    QEMU (pid from DATA/nodes/<id>/qemu.pid) less ``-S`` (virtlab starts nodes halted until
-    their console hub listens, then sends ``cont``), with the node's directory replaced by a scratch
-    directory: ``qemu-img create -f qcow2 -b BASE -F qcow2 scratch/disk.qcow2``, QEMU in its
-    own session, then its serial unix socket (polled every millisecond until it accepts)
+    QEMU (pid from DATA/nodes/<id>/qemu.pid), except that QMP and the serial console are on
+    sockets the bare QEMU binds itself (virtlab passes its own as descriptors, ``fd=N``; see
+    :func:`bare_argv`), with the node's directory replaced by a scratch directory:
+    ``qemu-img create -f qcow2 -b BASE -F qcow2 scratch/disk.qcow2``, QEMU in its own session,
+    then its serial unix socket (polled every millisecond until it accepts)
     until the first byte. One untimed warm-up run of each side comes first; then best of
     ``5 x --runs`` (each run is about 0.2 s, its noise tens of ms), the sides alternating.
     Target: virtlab / bare at most 1.10.
@@ -278,13 +279,29 @@ def run_virtlab_start(lab: Lab) -> tuple[VirtlabStart, list[str], Path, bytes]:
     try:
         pid = lab.qemu_pid(node["id"])
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-        # virtlab starts nodes halted (-S) and lets them run once the console hub listens;
-        # the bare run has nobody to say `cont`, so it runs from the start.
-        argv = [a for a in argv if a != "-S"]
+        argv = bare_argv(argv, lab.node_dir(node["id"]))
     finally:
         lab.dispose(node["id"])
     lab.warmed = True
     return run, argv, lab.node_dir(node["id"]), first
+
+
+_PASSED = re.compile(r"^socket,id=(qmp|serial0),fd=\d+,server=on,wait=(on|off)$")
+
+
+def bare_argv(argv: list[str], node_dir: Path) -> list[str]:
+    """A node's argv for a bare run: QMP and the serial console on sockets QEMU binds itself
+    (virtlab passes its own as descriptors, the serial with a connection queued and
+    ``wait=on``; a bare QEMU has neither), and no ``-S`` (older servers started halted)."""
+    out = []
+    for arg in argv:
+        passed = _PASSED.match(arg)
+        if passed:
+            name = "qmp.sock" if passed[1] == "qmp" else "serial.sock"
+            arg = f"socket,id={passed[1]},path={node_dir / name},server=on,wait=off"
+        if arg != "-S":
+            out.append(arg)
+    return out
 
 
 def run_bare_start(argv: list[str], node_dir: Path, scratch: Path, base: Path) -> BareStart:

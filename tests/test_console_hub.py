@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,36 @@ async def test_late_subscriber_gets_scrollback_then_live(workdir: Path) -> None:
         await hub.stop()
         assert hub.state is HubState.CLOSED
         assert await drain(late) == NOTICE_STOPPED
+
+
+@pytest.mark.asyncio
+async def test_hub_takes_over_a_connection_made_before_the_peer_accepted(workdir: Path) -> None:
+    """As the QEMU driver does: listen, connect (queued by the kernel), let the peer accept
+    and write its first bytes, and only then hand the connection to a hub: nothing is lost.
+    The path is no longer needed: the hub does not connect by it."""
+    path = workdir / "serial.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(path))  # before anybody accepts
+    client.setblocking(False)
+    peer, _ = listener.accept()
+    listener.close()
+    path.unlink()
+    try:
+        peer.sendall(BOOT_LOG)  # the guest's first bytes, before any hub exists
+        hub = SerialHub(path)
+        await hub.start(sock=client)
+        assert await collect(hub.subscribe(), b"login ok\r\n") == BOOT_LOG
+        await hub.write(b"ls\r")
+        peer.settimeout(5)
+        assert peer.recv(16) == b"ls\r"
+        peer.close()  # QEMU exits
+        await asyncio.wait_for(hub.closed.wait(), 5)
+        assert hub.close_reason == "exited"
+    finally:
+        peer.close()
 
 
 @pytest.mark.asyncio

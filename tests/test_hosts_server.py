@@ -367,6 +367,8 @@ def test_a_server_that_starts_while_a_host_is_down_adopts_its_nodes_when_it_answ
     with server.client() as api:
         node = _node(api, image, "rs1", host="h2")
         assert _act(api, node, "start")["state"] == "running"
+        # booted before the server goes: what it printed is in the scrollback it keeps
+        assert asyncio.run(_serial_until(server, node, BOOT_MARKER.encode()))
     server.stop()
     h2.stop_daemon()
     server.start()

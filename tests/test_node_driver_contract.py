@@ -7,6 +7,7 @@ does, the other must do: the node service above cannot tell them apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -55,11 +56,23 @@ class Harness:
     async def next_exit(self, timeout: float = 60) -> tuple[str, NodeState, str]:
         return await asyncio.wait_for(self.exits.get(), timeout)
 
+    @contextlib.asynccontextmanager
+    async def hub(self, spec: NodeSpec) -> AsyncIterator[SerialHub]:
+        """A console hub on the node's serial: the first one takes over the connection the
+        driver made before QEMU ran (which holds the guest's first bytes); later ones connect
+        to the socket's path, as a restarted server's does."""
+        hub = SerialHub(spec.paths.serial)
+        await hub.start(sock=self.driver.console_socket(spec.id))
+        try:
+            yield hub
+        finally:
+            await hub.stop()
+
     async def booted(self, spec: NodeSpec) -> None:
         """Until the guest's OS runs (a power button pressed earlier is lost, as on hardware)."""
         if isinstance(self.driver, FakeDriver):
             return
-        async with SerialHub(spec.paths.serial) as hub:
+        async with self.hub(spec) as hub:
             with hub.subscribe() as output:
                 seen = b""
                 async for chunk in output:
@@ -74,7 +87,7 @@ class Harness:
             return
 
         async def typed() -> None:
-            async with SerialHub(spec.paths.serial) as hub:
+            async with self.hub(spec) as hub:
                 with hub.subscribe() as output:
                     await hub.write(line.encode() + b"\r")
                     seen = b""
@@ -176,6 +189,24 @@ async def test_a_second_start_is_refused(harness: Harness, tmp_path: Path, base:
     spec = await _running(harness, _spec(tmp_path), base)
     with pytest.raises(Conflict, match="already runs"):
         await harness.driver.start(spec)
+
+
+async def test_sockets_that_cannot_be_made_fail_the_start_and_leave_nothing(
+    harness: Harness, tmp_path: Path, base: Path
+) -> None:
+    if not isinstance(harness.driver, QemuDriver):
+        pytest.skip("the fake makes no sockets")
+    spec = _spec(tmp_path)
+    await harness.driver.create_disk(spec, base, None)
+    spec.paths.qmp.mkdir()  # not a stale socket: a directory with something in it
+    (spec.paths.qmp / "keep").write_text("not ours to remove")
+    with pytest.raises(ToolFailure, match=r"cannot make the QMP and console sockets of node n1 "
+                       r"in .*: .*; check that directory's permissions"):  # fmt: skip
+        await harness.driver.start(spec)
+    assert harness.driver.state(spec.id) is NodeState.STOPPED
+    assert harness.driver.pid(spec.id) is None, "no QEMU was left running"
+    assert (spec.paths.qmp / "keep").exists() and not spec.paths.serial.exists()
+    assert harness.driver.console_socket(spec.id) is None
 
 
 async def test_actions_on_a_machine_that_does_not_run_are_refused(harness: Harness) -> None:

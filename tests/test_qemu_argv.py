@@ -67,6 +67,13 @@ CDROM = [
     "-blockdev", "driver=raw,file=cdrom0-file,node-name=cdrom0,read-only=on",
 ]  # fmt: skip
 
+# What the driver runs: its own listening sockets, inherited as descriptors 3 and 4; QEMU
+# accepts the serial connection (queued already) before it makes the machine (wait=on).
+QMP_PASSED = ["-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
+              "-mon", "chardev=qmp,mode=control"]  # fmt: skip
+SERIAL_PASSED = ["-chardev", "socket,id=serial0,fd=4,server=on,wait=on",
+                 "-serial", "chardev:serial0"]  # fmt: skip
+
 
 def spec(**changes: Any) -> NodeSpec:
     return replace(NodeSpec(id="0a1b", name="r1", paths=PATHS), **changes)
@@ -88,6 +95,31 @@ def test_golden_minimal_tcg_virtio() -> None:
         *SERIAL,
         *DISK,
         "-device", "virtio-blk-pci,addr=0x04,drive=disk0,id=hd0,bootindex=1",
+    ]  # fmt: skip
+
+
+def test_golden_passed_sockets_no_halt() -> None:
+    """The driver's form: QMP and COM1 on inherited descriptors; no ``-S`` (the guest runs at
+    once; its first serial bytes wait in the connection virtlab queued before the spawn)."""
+    argv = build_argv(spec(), passed_sockets=True)
+    assert argv == [
+        "qemu-system-x86_64",
+        "-name", "guest=r1,debug-threads=on",
+        *HEAD,
+        "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64",
+        "-smp", "1", "-m", "256M",
+        "-pidfile", f"{ROOT}/qemu.pid",
+        "-display", "none", "-vga", "std", "-vnc", f"unix:{ROOT}/vnc.sock,share=force-shared",
+        *QMP_PASSED,
+        *SERIAL_PASSED,
+        *DISK,
+        "-device", "virtio-blk-pci,addr=0x04,drive=disk0,id=hd0,bootindex=1",
+    ]  # fmt: skip
+    assert "-S" not in argv
+    # Without a serial console there is no socket to pass for it: COM1 stays, on null.
+    quiet = build_argv(spec(serial=False), passed_sockets=True)
+    assert quiet[quiet.index("-mon") - 2 : quiet.index("-serial") + 2] == [
+        *QMP_PASSED, "-chardev", "null,id=serial0", "-serial", "chardev:serial0",
     ]  # fmt: skip
 
 

@@ -13,10 +13,13 @@ fans its output out to every :class:`Subscription` (telnet, WebSocket, CLI)::
 
 Decisions:
 
-* **Connecting** (:meth:`SerialHub.start`, bounded): after a failed try the socket's directory
-  is watched with inotify (through libc) and each new entry there triggers a new try; a
-  back-off (10 ms doubling to 0.5 s, back to 10 ms after each event) covers a socket that
-  exists but refuses (QEMU between ``bind`` and ``listen``; a dead QEMU's stale socket).
+* **Connecting** (:meth:`SerialHub.start`, bounded): a node the QEMU driver has just started
+  comes with its connection made before QEMU ran (``start(sock=…)``), which already holds
+  whatever the guest printed. Otherwise (a re-adopted node, another driver): after a failed
+  try the socket's directory is watched with inotify (through libc) and each new entry there
+  triggers a new try; a back-off (10 ms doubling to 0.5 s, back to 10 ms after each event)
+  covers a socket that exists but refuses (QEMU between ``bind`` and ``listen``; a dead
+  QEMU's stale socket).
 * **No reconnecting.** A node reset keeps QEMU's chardev connected; the socket closes only when
   QEMU exits. End of file closes the hub: subscriptions end after a notice line, and
   :attr:`SerialHub.closed` is set. A new QEMU gets a new hub.
@@ -38,6 +41,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import socket
 from collections import deque
 from collections.abc import Coroutine
 from pathlib import Path
@@ -209,8 +213,10 @@ class SerialHub:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, timeout: float = 30.0) -> None:
-        """Connect to the socket, waiting up to ``timeout`` s for it to appear and accept.
+    async def start(self, timeout: float = 30.0, *, sock: socket.socket | None = None) -> None:
+        """Connect to the socket, waiting up to ``timeout`` s for it to appear and accept;
+        or take over ``sock``, a connection to it made already (the QEMU driver's, made
+        before QEMU ran: it holds the guest's first bytes).
 
         Raises :class:`ConsoleUnavailable` when it does not; the hub is then closed.
         """
@@ -219,7 +225,10 @@ class SerialHub:
         self.state = HubState.CONNECTING
         self._scrollback.load()
         try:
-            reader, self._writer = await self._connect(timeout)
+            if sock is not None:
+                reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+            else:
+                reader, self._writer = await self._connect(timeout)
             if self.state is not HubState.CONNECTING:  # stop() came during the last try
                 raise self._unavailable("was stopped while connecting")
         except BaseException as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,12 @@ class NodeDriver(abc.ABC):
     @abc.abstractmethod
     async def adopt(self, spec: NodeSpec) -> NodeState | None:
         """After a server restart: the state of the node's machine if it still runs, else None."""
+
+    def console_socket(self, node_id: str) -> socket.socket | None:
+        """The serial console's connection, already made, handed over once to the node's
+        console hub right after ``start``: nothing the guest printed before is lost. None
+        when the driver has none: the hub then connects to ``spec.paths.serial`` itself."""
+        return None
 
     @abc.abstractmethod
     def state(self, node_id: str) -> NodeState:

@@ -16,6 +16,7 @@ whether its host answers (``reachable``) and remove a node's disk there (``delet
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from virtlab.errors import Conflict
@@ -124,6 +125,9 @@ class RoutingDriver(NodeDriver):
 
     async def adopt(self, spec: NodeSpec) -> NodeState | None:
         return await self._for(spec).adopt(spec)
+
+    def console_socket(self, node_id: str) -> socket.socket | None:
+        return self._by_id(node_id).console_socket(node_id)
 
     def state(self, node_id: str) -> NodeState:
         host = self._where.get(node_id, LOCAL_HOST)

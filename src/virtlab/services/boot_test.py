@@ -95,7 +95,7 @@ class BootTester:
         output = bytearray()
         found = False
         try:
-            await hub.start(timeout=10)
+            await hub.start(timeout=10, sock=self.driver.console_socket(spec.id))
             with hub.subscribe() as subscription:
                 found = await self._watch(subscription, output, expect, seconds)
         except ConsoleUnavailable:

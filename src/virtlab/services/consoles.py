@@ -88,7 +88,11 @@ class ConsoleManager:
 
     # -- consoles of running nodes ------------------------------------------------------------
 
-    async def open(self, record: NodeRecord, spec: NodeSpec) -> NodeConsoles:
+    async def open(
+        self, record: NodeRecord, spec: NodeSpec, serial: socket.socket | None = None
+    ) -> NodeConsoles:
+        """Open the node's consoles; ``serial``: its serial connection, made already by the
+        driver (else the hub connects to ``spec.paths.serial``)."""
         await self.close(record.id)
         consoles = NodeConsoles(spec)
         self._open[record.id] = consoles
@@ -99,7 +103,8 @@ class ConsoleManager:
                     spec.paths.serial, scrollback_bytes=self.scrollback_bytes,
                     log_path=spec.paths.root / "serial.scrollback",
                 )  # fmt: skip
-                await consoles.hub.start()
+                await consoles.hub.start(sock=serial)
+                serial = None
                 if record.telnet_port:
                     consoles.telnet = TelnetServer(
                         consoles.hub, self.host, record.telnet_port, tickets=gate
@@ -110,6 +115,9 @@ class ConsoleManager:
                 await consoles.vnc.start()
         except (OSError, ConsoleUnavailable) as exc:
             log.warning("node %s: a console could not be opened: %s", record.name, exc)
+        finally:
+            if serial is not None:  # not taken over by a hub
+                serial.close()
         return consoles
 
     def hub(self, record: NodeRecord) -> SerialHub:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from virtlab._util.faults import FaultPoint
-from virtlab.catalog import Catalog, NodeRecord, NodeRepository
+from virtlab.catalog import Catalog, ImageRecord, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
@@ -147,8 +147,9 @@ class NodeService:
         with self.catalog.session() as session:
             return NodeRepository(session).using_image(image)
 
-    def spec(self, record: NodeRecord) -> NodeSpec:
-        image = self.images.get(record.image)
+    def spec(self, record: NodeRecord, image: ImageRecord | None = None) -> NodeSpec:
+        """``image``: the node's image record, when the caller has just read it."""
+        image = image or self.images.get(record.image)
         path = self.images.store.absolute(image.path)
         cdrom = path if image.kind == ImageKind.CDROM else None
         nics = nic_specs(record)
@@ -159,9 +160,11 @@ class NodeService:
             id=record.id, name=record.name, paths=RunPaths(self.nodes_dir / record.id),
             accel=self.accel(), cpus=record.cpus, ram_mb=record.ram_mb,
             disk_bus=DiskBus(record.disk_bus), cdrom=cdrom, nics=nics, serial=record.serial,
-            start_paused=True,
             vnc=record.vnc, uuid=str(uuid.uuid5(_UUID_NAMESPACE, record.id)),
             extra_args=record.extra_args, host=record.host,
+            # A libvirt host's domain runs once its console hub is attached (let_run resumes
+            # it); a local QEMU runs at once: its serial connection was made before it ran.
+            start_paused=record.host != LOCAL_HOST,
         )  # fmt: skip
 
     # -- creating and editing -----------------------------------------------------------------
@@ -173,12 +176,15 @@ class NodeService:
         owner's quota, and this is called once its row is in; else it is reserved here."""
         settings = settings.checked()
         if reserved is None and self.quota is not None:
-            owner = self.quota.owner_of_lab(self.lab_id(settings.lab))
+            lab_id = self.lab_id(settings.lab)
+            owner = self.quota.owner_of_lab(lab_id)
             with self.quota.reserve(owner, 1, f"node {settings.name}") as made:
-                return await self._create(settings, made)
+                return await self._create(settings, made, lab_id)
         return await self._create(settings, reserved or (lambda: None))
 
-    async def _create(self, settings: NodeSettings, made: Callable[[], None]) -> NodeRecord:
+    async def _create(
+        self, settings: NodeSettings, made: Callable[[], None], lab_id: str | None = None
+    ) -> NodeRecord:
         image = self.images.get(settings.image)
         base = self.images.store.absolute(image.path)
         if image.kind == ImageKind.CDROM:
@@ -193,7 +199,7 @@ class NodeService:
                 f"{image.name} is stored as {image.format}, not qcow2; run "
                 "`virtlab image verify --fix` to convert it first"
             )
-        lab_id = self.lab_id(settings.lab)
+        lab_id = lab_id or self.lab_id(settings.lab)
         node_id = new_node_id()
         in_use = self._ports_in_use() | self._ports_making
         ports = self.consoles.allocate(in_use, settings.serial, settings.vnc)
@@ -215,7 +221,7 @@ class NodeService:
         self._ports_making |= claimed
         self._names_making.add((lab_id, settings.name))
         try:
-            await self.driver.create_disk(self.spec(record), base, record.disk_size_mb)
+            await self.driver.create_disk(self.spec(record, image), base, record.disk_size_mb)
             self.fault("node_after_disk")
             await self.catalog.write(lambda session: NodeRepository(session).add(record))
             made()
@@ -344,13 +350,22 @@ class NodeService:
 
     async def start(self, ref: str) -> NodeRecord:
         record = self.get(ref)
-        async with self._locks[record.id]:
-            return await self.start_held(record.id)
+        lock = self._locks[record.id]
+        # A free lock is taken without a pause (nothing runs in between): the record just
+        # read is still current, and is not read again.
+        current = None if lock.locked() else record
+        async with lock:
+            return await self.start_held(record.id, current=current)
 
-    async def start_held(self, node_id: str, resume: CheckpointRecord | None = None) -> NodeRecord:
+    async def start_held(
+        self, node_id: str, resume: CheckpointRecord | None = None, *,
+        current: NodeRecord | None = None,
+    ) -> NodeRecord:  # fmt: skip
         """Start a node whose lock the caller holds; from checkpoint ``resume`` if given (its
-        machine type and accelerator pinned to those it was saved with)."""
-        record = await self._transition(node_id, Action.START)
+        machine type and accelerator pinned to those it was saved with). ``current``: its
+        record, read under that lock already."""
+        record = current or self.get(node_id)
+        guard(record.name, NodeState(record.state), Action.START)
         spec = self.spec(record)
         if resume is not None:
             machine, accel = resume.machine or spec.machine, resume.accel or spec.accel.value
@@ -365,8 +380,8 @@ class NodeService:
     async def _launch(self, record: NodeRecord, spec: NodeSpec) -> NodeRecord:
         await self._set(record.id, NodeState.STARTING, "")
         try:
-            # QEMU starts with its vCPUs halted (-S): the console hub connects and the
-            # links are set before the guest prints its first byte or sends its first frame.
+            # The guest runs from the start: its first serial bytes wait in the connection
+            # the driver made before QEMU ran (console_socket); links are wired just after.
             await self.driver.start(spec)
         except BaseException as exc:
             await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
@@ -381,13 +396,16 @@ class NodeService:
         return self.get(record.id)
 
     async def let_run(self, record: NodeRecord, spec: NodeSpec) -> None:
-        """The end of a start, once QEMU runs halted: open the console, wire the links, then
-        let the vCPUs run (also how a start the server died in is finished at start-up)."""
-        await self.consoles.open(record, spec)
+        """The end of a start, once QEMU runs: take over the serial connection the driver
+        made before the spawn (or connect to the console), wire the links, and let the vCPUs
+        run if the driver started them halted. Also how a start the server died in is
+        finished at start-up."""
+        await self.consoles.open(record, spec, self.driver.console_socket(record.id))
         if self.after_start is not None:
             await self.after_start(record)
         self.fault("start_before_cont")
-        await self.driver.resume(record.id)
+        if spec.start_paused:  # a driver that was asked to start it halted
+            await self.driver.resume(record.id)
 
     async def stop(self, ref: str, timeout: float | None = None) -> NodeRecord:
         record = self.get(ref)

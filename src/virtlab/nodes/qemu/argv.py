@@ -48,7 +48,9 @@ __all__ = [
     "MAX_CPUS",
     "MAX_NICS",
     "QMP_CHARDEV",
+    "QMP_FD",
     "SERIAL_CHARDEV",
+    "SERIAL_FD",
     "build_argv",
     "cdrom_args",
     "check_extra_args",
@@ -76,6 +78,8 @@ DISK_DEVICE = "hd0"
 CDROM_DEVICE = "cd0"
 SERIAL_CHARDEV = "serial0"
 QMP_CHARDEV = "qmp"
+# Where QEMU finds the listening sockets virtlab made for it (nodes/qemu/sockets.py).
+QMP_FD, SERIAL_FD = 3, 4
 DEFAULT_TCG_CPU = "qemu64"  # boots anything x86-64; "max" boots the test disk 1.5x slower
 MAX_CPUS = 64
 MIN_RAM_MB, MAX_RAM_MB = 16, 1 << 20
@@ -206,24 +210,31 @@ def display_args(spec: NodeSpec) -> list[str]:
     return args
 
 
-def _server_socket(chardev_id: str, path: Path) -> str:
+def _server_socket(chardev_id: str, path: Path, fd: int | None, wait: bool = False) -> str:
     # server=on: QEMU listens, and listens again after a client leaves (a restarted server's
-    # console hub reconnects); wait=off: the guest does not wait for anybody to connect.
-    return f"socket,id={chardev_id},path={_esc(path)},server=on,wait=off"
+    # console hub reconnects). With ``fd``, the socket is virtlab's, bound at ``path`` before
+    # the spawn and inherited as that descriptor. wait=on (the serial's, with ``fd``): QEMU
+    # accepts one connection before it makes the machine; virtlab's is queued by then.
+    where = f"fd={fd}" if fd is not None else f"path={_esc(path)}"
+    return f"socket,id={chardev_id},{where},server=on,wait={'on' if wait else 'off'}"
 
 
-def serial_args(spec: NodeSpec) -> list[str]:
-    """COM1 on a unix socket QEMU listens on (or on a null backend: the port still exists)."""
+def serial_args(spec: NodeSpec, *, passed: bool = False) -> list[str]:
+    """COM1 on a unix socket QEMU listens on (or on a null backend: the port still exists).
+    ``passed``: on virtlab's socket, inherited as :data:`SERIAL_FD`."""
     if spec.serial:
-        chardev = _server_socket(SERIAL_CHARDEV, spec.paths.serial)
+        fd = SERIAL_FD if passed else None
+        chardev = _server_socket(SERIAL_CHARDEV, spec.paths.serial, fd, wait=passed)
     else:
         chardev = f"null,id={SERIAL_CHARDEV}"
     return ["-chardev", chardev, "-serial", f"chardev:{SERIAL_CHARDEV}"]
 
 
-def qmp_args(spec: NodeSpec) -> list[str]:
+def qmp_args(spec: NodeSpec, *, passed: bool = False) -> list[str]:
+    """QMP on a unix socket; ``passed``: virtlab's, inherited as :data:`QMP_FD`."""
+    fd = QMP_FD if passed else None
     return [
-        "-chardev", _server_socket(QMP_CHARDEV, spec.paths.qmp),
+        "-chardev", _server_socket(QMP_CHARDEV, spec.paths.qmp, fd),
         "-mon", f"chardev={QMP_CHARDEV},mode=control",
     ]  # fmt: skip
 
@@ -331,8 +342,12 @@ def nic_args(spec: NodeSpec) -> list[str]:
     return args
 
 
-def build_argv(spec: NodeSpec, *, binary: str = "qemu-system-x86_64") -> list[str]:
-    """The whole command line for ``spec``; raises :class:`InvalidRequest` on a bad spec."""
+def build_argv(
+    spec: NodeSpec, *, binary: str = "qemu-system-x86_64", passed_sockets: bool = False
+) -> list[str]:
+    """The whole command line for ``spec``; raises :class:`InvalidRequest` on a bad spec.
+    ``passed_sockets``: QMP and the serial console on sockets virtlab made and passes as
+    descriptors (what the driver runs); else QEMU binds their paths itself."""
     validate_spec(spec)
     extra = check_extra_args(spec.extra_args)
     return [
@@ -344,8 +359,8 @@ def build_argv(spec: NodeSpec, *, binary: str = "qemu-system-x86_64") -> list[st
         *memory_args(spec),
         *process_args(spec),
         *display_args(spec),
-        *qmp_args(spec),
-        *serial_args(spec),
+        *qmp_args(spec, passed=passed_sockets),
+        *serial_args(spec, passed=passed_sockets),
         *disk_args(spec),
         *cdrom_args(spec),
         *nic_args(spec),

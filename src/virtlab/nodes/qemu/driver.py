@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Awaitable
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from virtlab._util.dirwatch import DirWatch
 from virtlab.errors import Conflict, InsufficientStorage
 from virtlab.images.qemu_img import QemuImg
 from virtlab.nodes.checkpoints import SavedState
@@ -26,6 +26,7 @@ from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.qemu.argv import DISK_NODE, build_argv, nic_device_id
 from virtlab.nodes.qemu.monitor import Monitor, MonitorError
 from virtlab.nodes.qemu.process import LaunchFailure, QemuProcess, log_tail
+from virtlab.nodes.qemu.sockets import NodeSockets
 from virtlab.nodes.spec import NodeSpec
 from virtlab.nodes.state import NodeState
 
@@ -35,6 +36,7 @@ log = logging.getLogger("virtlab.nodes")
 
 _SHUTDOWN = "SHUTDOWN"  # QMP event: the guest (or we) asked for power-off
 _IO_ERROR = "BLOCK_IO_ERROR"  # QMP event: a disk request failed; action "stop" paused the guest
+_WAITING = "info: QEMU waiting for connection on:"  # each start's line in qemu.log
 T = TypeVar("T")
 
 
@@ -45,6 +47,7 @@ class _Machine:
     monitor: Monitor
     expected_exit: bool = False  # we asked it to end: its exit is not a crash
     suspended: bool = False
+    sockets: NodeSockets | None = None  # ours, when we started it (not when adopted)
     watcher: asyncio.Task | None = field(default=None, repr=False)
     errors: asyncio.Task | None = field(default=None, repr=False)
 
@@ -93,61 +96,80 @@ class QemuDriver(NodeDriver):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, spec: NodeSpec) -> None:
+        """Spawn QEMU on sockets made here (:mod:`virtlab.nodes.qemu.sockets`): the guest runs
+        at once, its first serial bytes wait in the connection :meth:`console_socket` hands
+        over; returns once QMP answers."""
         if spec.id in self._machines:
             raise Conflict(f"node {spec.name} already runs")
         paths = spec.paths
-        for stale in (paths.qmp, paths.serial, paths.vnc, paths.pidfile):
+        for stale in (paths.vnc, paths.pidfile):  # (NodeSockets.bind replaces its own)
             stale.unlink(missing_ok=True)
-        argv = build_argv(spec, binary=self.binary)
+        argv = build_argv(spec, binary=self.binary, passed_sockets=True)
         with paths.log.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
-        process = QemuProcess.launch(argv, log=paths.log)
+        try:
+            sockets = NodeSockets.bind(paths.qmp, paths.serial if spec.serial else None)
+        except OSError as exc:
+            raise LaunchFailure(
+                f"cannot make the QMP and console sockets of node {spec.name} in {paths.root}: "
+                f"{exc}; check that directory's permissions and the disk's free space",
+                argv,
+            ) from exc
+        try:
+            process = QemuProcess.launch(argv, log=paths.log, pass_fds=sockets.passed_fds())
+        except BaseException:
+            sockets.close()
+            raise
+        sockets.release_listeners()  # QEMU holds them now
         try:
             monitor = await self._connect(spec, process)
         except BaseException:
+            sockets.close()
             process.signal()
             await process.wait(10)
             raise
-        self._track(_Machine(spec, process, monitor))
+        self._track(_Machine(spec, process, monitor, sockets=sockets))
+
+    def console_socket(self, node_id: str) -> socket.socket | None:
+        machine = self._machines.get(node_id)
+        return machine.sockets.take_serial() if machine and machine.sockets else None
 
     async def _connect(self, spec: NodeSpec, process: QemuProcess) -> Monitor:
-        """Connect to the QMP socket QEMU creates, unless QEMU dies or takes too long.
+        """Connect to QMP, unless QEMU dies or takes too long.
 
-        The node directory is watched (inotify), so the connection follows the socket's
-        creation at once rather than at the next poll.
-        """
-        deadline = time.monotonic() + self.start_timeout
-        watch: DirWatch | None = None
-        delay = 0.002
+        The socket listens before QEMU runs, so the connection is queued at once; QEMU
+        answers it (the greeting) once its main loop runs. A QEMU that dies before that
+        (a bad ``-loadvm``, say) closes the socket, which fails the connection."""
+        monitor = Monitor(spec.name)
+        connect = asyncio.ensure_future(monitor.connect(spec.paths.qmp))
+        ended = asyncio.ensure_future(process.wait())
         try:
-            while True:
-                if not process.alive or time.monotonic() > deadline:
-                    why = (
-                        "exited" if not process.alive
-                        else f"did not answer in {self.start_timeout} s"
-                    )  # fmt: skip
-                    raise LaunchFailure(
-                        f"QEMU for node {spec.name} {why}: {_this_start(spec.paths.log)}",
-                        (),
-                        process.returncode,
-                        log_tail(spec.paths.log),
-                    )
-                monitor = Monitor(spec.name)
-                try:
-                    await monitor.connect(spec.paths.qmp)
-                    return monitor
-                except MonitorError:  # not there, or bound but not listening yet
-                    await monitor.close()
-                if watch is None:  # watch from now on, and try again: no creation is missed
-                    watch = DirWatch(spec.paths.root)
-                    continue
-                # A new entry means another try at once; without one, back off (QEMU may
-                # also have died: that is checked each time round).
-                woke = await watch.wait(delay)
-                delay = 0.002 if woke else min(delay * 2, 0.025)
+            await asyncio.wait(
+                {connect, ended}, timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            if watch is not None:
-                watch.close()
+            ended.cancel()
+            if not connect.done():
+                connect.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MonitorError):
+                await connect
+        if not connect.cancelled() and connect.exception() is None:
+            return monitor
+        await monitor.close()
+        if process.alive:  # the monitor failed as QEMU went: let its exit be seen
+            await process.wait(2)
+        failed = connect.exception() if not connect.cancelled() else None
+        why = (
+            "exited" if not process.alive
+            else f"did not answer in {self.start_timeout} s" if failed is None
+            else f"failed its monitor ({failed})"
+        )  # fmt: skip
+        raise LaunchFailure(
+            f"QEMU for node {spec.name} {why}: {_this_start(spec.paths.log)}",
+            (),
+            process.returncode,
+            log_tail(spec.paths.log),
+        ) from failed
 
     def _track(self, machine: _Machine) -> None:
         self._machines[machine.spec.id] = machine
@@ -173,6 +195,8 @@ class QemuDriver(NodeDriver):
         if machine.errors is not None:
             machine.errors.cancel()
         await machine.monitor.close()
+        if machine.sockets is not None:
+            machine.sockets.close()
         self._machines.pop(machine.spec.id, None)
         asked = machine.expected_exit or machine.monitor.seen(_SHUTDOWN)
         if asked:
@@ -314,7 +338,7 @@ class QemuDriver(NodeDriver):
             await monitor.close()
             process.forget()
             return None
-        # "prelaunch": the server died between starting QEMU (-S) and letting it run.
+        # "prelaunch": a QEMU started halted (-S) by an older server that died before `cont`.
         # "io-error": paused on a disk error (a full disk), waiting for a resume.
         paused = status in ("paused", "prelaunch", "io-error")
         machine = _Machine(spec, process, monitor, suspended=paused)
@@ -338,11 +362,15 @@ class QemuDriver(NodeDriver):
                     task.cancel()
             machine.process.forget()
             await machine.monitor.close()
+            if machine.sockets is not None:
+                machine.sockets.close()
         self._machines.clear()
 
 
 def _this_start(log: Path, lines: int = 8) -> str:
-    """The log's last lines since its last ``--- … starting`` line (this start's own)."""
+    """The log's last lines since its last ``--- … starting`` line (this start's own), less
+    QEMU's note that it takes the serial connection queued for it (``wait=on``)."""
     tail = log_tail(log, 60).splitlines()
     starts = [i for i, line in enumerate(tail) if line.startswith("--- ") and "starting" in line]
-    return "\n".join(tail[starts[-1] + 1 if starts else 0 :][-lines:]).strip()
+    own = [line for line in tail[starts[-1] + 1 if starts else 0 :] if _WAITING not in line]
+    return "\n".join(own[-lines:]).strip()

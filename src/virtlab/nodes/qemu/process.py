@@ -46,17 +46,23 @@ class QemuProcess:
     returncode: int | None = None  # negative: killed by that signal
 
     @classmethod
-    def launch(cls, argv: Sequence[str], *, log: Path) -> QemuProcess:
-        """Start ``argv`` in a new session (it survives the server), output into ``log``.
+    def launch(
+        cls, argv: Sequence[str], *, log: Path, pass_fds: Sequence[tuple[int, int]] = ()
+    ) -> QemuProcess:
+        """Start ``argv`` in a new session (it survives the server), output into ``log``;
+        ``pass_fds``: (our descriptor, the child's number) pairs QEMU inherits.
 
         ``posix_spawn`` rather than ``subprocess.Popen``: a node is meant to outlive the
         object that started it, which Popen reports as a leak. Our own descriptors are all
-        close-on-exec (PEP 446), so QEMU inherits none of the server's sockets.
+        close-on-exec (PEP 446), so QEMU inherits none of the server's sockets but those
+        placed by ``dup2`` (which clears close-on-exec on the copy). A source must not be
+        numbered like any target (:class:`virtlab.nodes.qemu.sockets.NodeSockets` sees to it).
         """
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2),
+            *((os.POSIX_SPAWN_DUP2, ours, theirs) for ours, theirs in pass_fds),
         ]
         try:
             pid = os.posix_spawnp(argv[0], list(argv), dict(os.environ), file_actions=actions,
