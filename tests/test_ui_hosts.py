@@ -192,6 +192,13 @@ def test_a_node_on_the_libvirt_host_shows_its_host_and_goes_unknown_while_it_is_
     ui.shot(page, "node-unknown")
     ui.shot(hosts, "hosts-not-answering")
 
+    # A host that does not answer is offered for new nodes, but cannot be picked.
+    page.get_by_role("button", name=f"Add node from {image}").click()
+    dialog = page.get_by_role("dialog", name=f"Add a node from {image}")
+    expect(dialog.get_by_role("option", name="h1 (not answering)")).to_be_disabled()
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+
     # A host with a node cannot be removed: the API's 409 is shown as it came.
     row.get_by_role("button", name="Remove h1").click()
     hosts.get_by_role("dialog", name="Remove host h1?").get_by_role(
