@@ -65,8 +65,19 @@ export function showLogin(reason = "") {
   name.focus();
 }
 
+let current = null;
+
+/** Who is logged in ({name, role, via}) once the page has started; null before. Pages use
+ * it to offer admin-only actions (the server still decides). */
+export function currentUser() {
+  return current;
+}
+
+export const isAdmin = () => current?.role === "admin";
+
 /** The user's name and a Log out button in the top bar. */
 export function showAccount(me) {
+  current = me;
   document.body.dataset.auth = "in";
   const box = document.getElementById("account");
   const logout = h("button", { type: "button", class: "link", id: "logout" }, "Log out");

@@ -6,11 +6,13 @@ import "./styles/images.css";
 import "./styles/lab.css";
 import "./styles/checkpoints.css";
 import "./styles/consoles.css";
+import "./styles/hosts.css";
 
 import { showAccount, showLogin, whoAmI } from "./auth.js";
 import { consoles } from "./consoles/manager.js";
 import { mountConsolesPage, mountConsoleWindow } from "./consoles/page.js";
 import { events } from "./events.js";
+import { mountHosts } from "./pages/hosts.js";
 import { mountImages } from "./pages/images.js";
 import { mountLab } from "./pages/lab.js";
 import { mountLabs } from "./pages/labs.js";
@@ -19,6 +21,7 @@ import { route, startRouter } from "./router.js";
 route("/images", mountImages, { nav: "images" });
 route("/labs", mountLabs, { nav: "labs" });
 route("/labs/:name", mountLab, { nav: "labs" });
+route("/hosts", mountHosts, { nav: "hosts" });
 route("/consoles", mountConsolesPage, { nav: "consoles" });
 route("/console/:node/:kind", mountConsoleWindow, { bare: true });
 

@@ -1,4 +1,4 @@
-// Hash routes: #/images, #/labs, #/labs/NAME, #/consoles, #/console/NODE/KIND (a window of its own).
+// Hash routes: #/images, #/labs, #/labs/NAME, #/hosts, #/consoles, #/console/NODE/KIND (a window of its own).
 // Each page is `mount(container, params) → cleanup`.
 
 const routes = [];

@@ -8,6 +8,7 @@
 import cytoscape from "cytoscape";
 import { h } from "../dom.js";
 import { cyStyle } from "./cyStyle.js";
+import { stateNote } from "./states.js";
 
 const STEP = 10;
 
@@ -122,7 +123,8 @@ export class LabCanvas {
   putNode(node) {
     const cy = this.cy;
     let el = cy.getElementById(node.id);
-    const label = `${node.name}\n${node.state}`;
+    const note = stateNote(node);
+    const label = `${node.name}\n${node.state}${note ? `\n(${note})` : ""}`;
     if (el.empty()) {
       el = cy.add({ group: "nodes", data: { id: node.id, label }, position: node.position || { x: 0, y: 0 } });
     } else {
@@ -228,7 +230,8 @@ export class LabCanvas {
     }
     hit.dataset.state = node.state;
     hit.dataset.node = node.name;
-    hit.setAttribute("aria-label", `Node ${node.name}, ${node.state}`);
+    const note = stateNote(node);
+    hit.setAttribute("aria-label", `Node ${node.name}, ${node.state}${note ? `, ${note}` : ""}`);
     return hit;
   }
 

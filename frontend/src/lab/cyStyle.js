@@ -1,5 +1,6 @@
 // The canvas's look: nodes coloured by state (with the state also written under the name, so
-// colour is never the only cue), links labelled with their interfaces and their condition.
+// colour is never the only cue; an `unknown` node also says its host is not answering), links
+// labelled with their interfaces and their condition.
 
 import { STATE_COLOURS } from "./states.js";
 
@@ -44,6 +45,8 @@ export const cyStyle = [
   { selector: "node.running", style: { "background-opacity": 0.28 } },
   { selector: "node.has-thumb.running", style: { "background-opacity": 1 } },
   { selector: "node.crashed", style: { "border-style": "double", "border-width": 6 } },
+  // unknown: its host does not answer; what runs there is not known (a dashed outline, faded).
+  { selector: "node.unknown", style: { "border-style": "dashed", "background-opacity": 0.08, color: "#4a2d66" } },
   { selector: "node:selected", style: { "overlay-color": "#2563eb", "overlay-opacity": 0.18, "overlay-padding": 6 } },
   { selector: "node.link-source", style: { "overlay-color": "#f59e0b", "overlay-opacity": 0.35, "overlay-padding": 8 } },
   {

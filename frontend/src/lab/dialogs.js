@@ -1,6 +1,6 @@
 // The lab's dialogs: a node from an image, a link between two interfaces.
 
-import { post } from "../api.js";
+import { get, post } from "../api.js";
 import { openDialog } from "../dialog.js";
 import { field, h } from "../dom.js";
 
@@ -8,6 +8,22 @@ import { field, h } from "../dom.js";
 function freeName(nodes, prefix = "r") {
   const taken = new Set(nodes.map((n) => n.name));
   for (let i = 1; ; i += 1) if (!taken.has(`${prefix}${i}`)) return `${prefix}${i}`;
+}
+
+/** A host picker: "Automatic placement" (the server's policy), then every host; one that does
+ * not answer or is drained is listed but cannot be picked, and says why. */
+function hostSelect() {
+  const select = h("select", { name: "host" }, h("option", { value: "" }, "Automatic placement"));
+  get("/api/hosts")
+    .then((hosts) => {
+      for (const host of hosts) {
+        const why = !host.reachable ? "not answering" : host.drained ? "drained" : "";
+        const label = why ? `${host.name} (${why})` : `${host.name} (${host.nodes} node${host.nodes === 1 ? "" : "s"})`;
+        select.append(h("option", { value: host.name, disabled: Boolean(why) }, label));
+      }
+    })
+    .catch(() => {}); // automatic placement stays possible; the server says if it cannot place
+  return select;
 }
 
 /** Create a node from `image` at `position`; resolves with the node, or undefined. */
@@ -19,6 +35,7 @@ export function addNodeDialog(lab, image, position, nodes) {
     const ram = h("input", { name: "ram_mb", type: "number", min: 16, max: 1048576, value: "256", required: true });
     const nics = h("input", { name: "nics", type: "number", min: 0, max: 32, value: "4", required: true });
     const disk = h("input", { name: "disk_size_mb", type: "number", min: 1, value: "4096", required: cdrom });
+    const host = hostSelect();
     const startNow = h("input", { type: "checkbox", name: "start" });
     const error = h("p", { class: "error", role: "alert" });
     const submit = h("button", { type: "submit", class: "primary" }, "Add node");
@@ -35,6 +52,7 @@ export function addNodeDialog(lab, image, position, nodes) {
             cpus: Number(cpus.value), ram_mb: Number(ram.value), nics: Number(nics.value),
           };  // prettier-ignore
           if (cdrom) body.disk_size_mb = Number(disk.value);
+          if (host.value) body.host = host.value;
           try {
             let node = await post("/api/nodes", body);
             if (startNow.checked) node = await post(`/api/nodes/${node.id}/start`);
@@ -50,7 +68,8 @@ export function addNodeDialog(lab, image, position, nodes) {
         field("CPUs", cpus),
         field("RAM (MB)", ram),
         field("NICs", nics, "eth0, eth1, …"),
-        cdrom ? field("Blank disk (MB)", disk, "the disk beside the CD-ROM") : null),
+        cdrom ? field("Blank disk (MB)", disk, "the disk beside the CD-ROM") : null,
+        field("Host", host, "where it runs; automatic: one that answers, is not drained and has room")),
       h("label", { class: "check" }, startNow, " Start it once created"),
       error,
       h("div", { class: "actions" }, h("button", { type: "button", onclick: () => close() }, "Cancel"), submit),

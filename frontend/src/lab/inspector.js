@@ -39,7 +39,7 @@ export function renderOverview(ctx) {
           nodes.map((n) => h("li", { dataset: { node: n.name, state: n.state } },
             h("button", { type: "button", class: "link-like", onclick: () => ctx.select({ type: "node", id: n.id }) }, n.name),
             stateBadge(n.state),
-            h("span", { class: "muted small" }, n.image))))
+            h("span", { class: "muted small" }, `${n.image} · on ${n.host}`))))
       : h("p", { class: "muted" }, "No nodes yet: add one from an image in the palette (click it, or drag it onto the canvas)."),
     h("h2", {}, "Links"),
     links.length
@@ -95,7 +95,12 @@ export function renderNode(ctx, node) {
           h("img", { src: thumb, alt: `Screen of ${node.name}` }),
           h("figcaption", {}, h("button", { type: "button", class: "small", onclick: () => ctx.refreshThumb(node) }, "Refresh screenshot")))
       : null,
-    node.detail ? h("pre", { class: "detail", tabindex: 0, "aria-label": "Why it stopped" }, node.detail) : null,
+    node.state === "unknown"
+      ? h("p", { class: "unknown-note", role: "status", "aria-label": `Host of ${node.name} not answering` },
+          h("strong", {}, `Host ${node.host} is not answering. `),
+          `${node.name} may still run there, but nothing can be done to it until the host answers again; `,
+          "then it is re-adopted and shows what libvirt says. See the ", h("a", { href: "#/hosts" }, "Hosts"), " page for why.")
+      : node.detail ? h("pre", { class: "detail", tabindex: 0, "aria-label": "Why it stopped" }, node.detail) : null,
     h("div", { class: "button-row", role: "group", "aria-label": `Actions on ${node.name}` },
       NODE_ACTIONS.map(([a, label]) => act(a, label)),
       h("button", { type: "button", class: "danger", disabled: !allowed(node.state, "delete"), "aria-label": `Delete ${node.name}`, onclick: remove }, "Delete")),
@@ -107,6 +112,7 @@ export function renderNode(ctx, node) {
     h("dl", { class: "facts" },
       serial?.telnet_port ? [h("dt", {}, "Telnet"), h("dd", {}, h("code", {}, `${serial.telnet_host}:${serial.telnet_port}`))] : null,
       vnc?.port ? [h("dt", {}, "VNC"), h("dd", {}, h("code", {}, `${vnc.host}:${vnc.port}`))] : null,
+      h("dt", {}, "Host"), h("dd", { class: "node-host" }, h("a", { href: "#/hosts", title: "The Hosts page" }, node.host)),
       h("dt", {}, "Image"), h("dd", {}, node.image),
       h("dt", {}, "CPUs, RAM"), h("dd", {}, `${node.cpus}, ${node.ram_mb} MB`),
       h("dt", {}, "Disk bus, NIC model"), h("dd", {}, `${node.disk_bus}, ${node.nic_model}`)),

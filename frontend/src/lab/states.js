@@ -31,3 +31,10 @@ export const STATES = S;
 export function allowed(state, action) {
   return (ALLOWED[action] || []).includes(state);
 }
+
+/** What the state alone does not say, in words: for `unknown`, that the node's host does not
+ * answer (the canvas writes it under the node, the inspector above its actions). */
+export function stateNote(node) {
+  if (node.state !== "unknown") return "";
+  return `host ${node.host || "?"} not answering`;
+}

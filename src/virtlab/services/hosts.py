@@ -291,11 +291,17 @@ class HostService:
         with self.catalog.session() as session:
             records = NodeRepository(session).on_host(host)
             HostRepository(session).update(host, state="up" if up else "down")
+        # The reason is kept before the event goes out: whoever reads the host on hearing it
+        # (the web UI's Hosts page) gets why, whether or not the host has nodes.
+        if up:
+            self._reasons.pop(host, None)
+        else:
+            down = getattr(self.router.hosts.get(host), "down_reason", "")
+            self._reasons[host] = down or "it stopped answering"
         self._publish(host, "up" if up else "down")
         for record in records:
             state = NodeState(record.state)
             if not up and record.id in node_ids:
-                self._reasons[host] = getattr(self.router.hosts.get(host), "down_reason", "")
                 why = f"host {host} does not answer; its nodes are re-adopted when it does"
                 await self.nodes.set_state(record.id, NodeState.UNKNOWN, why)
             elif up and state is NodeState.UNKNOWN and record.id in node_ids:
