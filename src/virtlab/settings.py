@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["GiB", "MiB", "Settings", "TiB", "default_data_dir", "is_loopback"]
@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     placement: Literal["spread", "pack"] = "spread"  # most room left first | fill one first
     host_open_timeout: float = Field(default=30.0, gt=0)  # seconds, at `host add` and start-up
     tunnel_ports: str = "40000-40999"  # UDP ports of links on libvirt hosts, on each host
+    # The server's address as libvirt hosts reach it: a link with an end on a libvirt host that
+    # goes through the server (every link to a local node; relayed links) has its relay listen
+    # on UDP there, and the host's node sends there. Unset: 127.0.0.1 (::1) for a host whose own
+    # address is a loopback one (it is this machine); such links to other hosts are refused.
+    relay_address: str | None = None
+    relay_ports: str = "41000-41999"  # the server's UDP ports for those links
+    tunnels_via_server: bool = False  # new links between libvirt hosts go through the server
 
     # Access.
     admin_password: SecretStr | None = Field(
@@ -110,6 +117,19 @@ class Settings(BaseSettings):
     # import pipeline or of a lab's deploy and start. Used only by the crash-safety tests; the
     # points are listed in virtlab._util.faults.
     fault_point: str | None = None
+
+    @field_validator("relay_address")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip().strip("[]")))
+        except ValueError:
+            raise ValueError(
+                f"VIRTLAB_RELAY_ADDRESS is an IP address of this server (as libvirt hosts reach "
+                f"it), not {value!r}"
+            ) from None
 
     @property
     def images_dir(self) -> Path:

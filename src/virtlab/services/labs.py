@@ -219,7 +219,7 @@ class LabService:
                 continue
             made = await self.links.add(
                 lab.name, str(link.a), str(link.b), state=link.state.value,
-                impairment=_impairment_dict(link),
+                impairment=_impairment_dict(link), relayed=link.relayed,
             )  # fmt: skip
             undo.push_async_callback(self.links.remove, made.id)
             self.fault("deploy_after_link")
@@ -341,6 +341,8 @@ class LabService:
                     a=a, b=b, state=LinkState(link.state),
                     a_to_b=Impairment(**imp.get("a_to_b", {})),
                     b_to_a=Impairment(**imp.get("b_to_a", {})),
+                    # between two hosts' nodes; a link to a local node goes through it anyway
+                    relayed=link.via_server and None not in (link.a_port, link.b_port),
                 )
             )  # fmt: skip
         return ResolvedLab(lab.name, tuple(nodes), tuple(links)).canonical()
