@@ -14,6 +14,7 @@ import asyncio
 import os
 import random
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -382,3 +383,33 @@ def test_links_through_the_server_to_a_non_loopback_host_need_the_relay_address(
     asyncio.run(run())
     with pytest.raises(ValueError, match="VIRTLAB_RELAY_ADDRESS is an IP address"):
         Settings(relay_address="server.example")
+
+
+def test_with_tunnels_via_server_new_links_between_hosts_are_relayed(tmp_path: Path) -> None:
+    """VIRTLAB_TUNNELS_VIA_SERVER=1: a link between two stopped nodes on a (loopback) host gets
+    the server's ports and a relay at once, bound on 127.0.0.1; removing it lets them go."""
+    base = random.randrange(30000, 32000, 10)
+
+    async def run() -> None:
+        runtime = _runtime(
+            tmp_path / "d", tunnels_via_server=True, relay_ports=f"{base}-{base + 9}"
+        )
+        with runtime.catalog.session() as session:
+            HostRepository(session).update("far", facts={"address": "127.0.0.1"})
+        links = runtime.links
+        link = await links.add("default", "n2:eth0", "n3:eth0")
+        assert links.path(link) == "relayed"
+        assert (link.a_relay_port, link.b_relay_port) == (base, base + 1)
+        relay = links.relay(link.id)
+        assert relay is not None and relay.running
+        n2 = runtime.nodes.get("n2000000000")
+        tunnel = links.tunnels.of(n2)[0]  # type: ignore[union-attr]
+        assert (tunnel.remote_host, tunnel.remote_port) == ("127.0.0.1", base)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
+            probe.bind(("127.0.0.1", base))  # the relay listens there
+        await links.remove(link.id)
+        assert links.relay(link.id) is None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", base))
+
+    asyncio.run(run())
