@@ -186,6 +186,10 @@ def test_a_local_node_pings_a_node_on_a_libvirt_host_through_the_relay(
         link = links[("loc:eth0", "rem:eth0")]
         assert (link["path"], link["relayed"]) == ("relayed", True), link
         assert nodes["rem"]["host"] == "h1" and nodes["loc"]["host"] == "local"
+        text = MIXED.replace("IMAGE", image)
+        for again in (text, text.replace('"rem:eth0"]', '"rem:eth0"]\n      relayed: true')):
+            same = api.post("/api/labs", json={"topology": again, "start": False})
+            assert same.status_code == 200, f"the same lab, relayed or not: {same.text}"
         _start(api, nodes["loc"], nodes["rem"])
     url = f"/api/links/{link['id']}"
 
@@ -269,7 +273,14 @@ def test_links_between_two_hosts_go_relayed_when_asked_or_once_stopped(
         nodes, links = _read_lab(api, "across")
         relayed, direct = links[("x:eth0", "y:eth0")], links[("x:eth1", "y:eth1")]
         assert (relayed["path"], direct["path"]) == ("relayed", "tunnel")
-        assert "relayed: true" in api.get("/api/labs/across/export").text
+        exported = api.get("/api/labs/across/export").text
+        assert "relayed: true" in exported
+        yaml = {"content-type": "application/yaml"}
+        same = api.post("/api/labs", content=exported, headers=yaml, params={"start": False})
+        assert same.status_code == 200, f"its export deploys as the same lab: {same.text}"
+        changed = exported.replace("relayed: true", "relayed: false")
+        other = api.post("/api/labs", content=changed, headers=yaml, params={"start": False})
+        _refused(other, 409, "differs from this file")
         shown = cli(server, "lab", "inspect", "across")
         assert re.search(r"x:eth1\W+y:eth1\W+up\W+tunnel", shown.stdout), shown.stdout
         _start(api, nodes["x"], nodes["y"])

@@ -409,13 +409,21 @@ def _settings(node: ResolvedNode, lab: str, management: dict) -> NodeSettings:
 
 def _placed_as_asked(current: ResolvedLab, wanted: ResolvedLab) -> ResolvedLab:
     """``current`` with the host of each node the file leaves to placement left out too, so a
-    placed node does not make the same file differ."""
+    placed node does not make the same file differ; likewise ``relayed`` on a link with a
+    local end, which goes through the server whatever the file says."""
     asked = {n.name: n.host for n in wanted.nodes}
     nodes = tuple(
         replace(n, host=None if asked.get(n.name) is None else n.host or LOCAL_HOST)
         for n in current.nodes
     )
-    return replace(current, nodes=nodes).canonical()
+    on_hosts = {n.name for n in current.nodes if n.host not in (None, LOCAL_HOST)}
+    relayed = {frozenset((str(x.a), str(x.b))): x.relayed for x in wanted.links}
+    links = tuple(
+        x if {x.a.node, x.b.node} <= on_hosts
+        else replace(x, relayed=relayed.get(frozenset((str(x.a), str(x.b))), False))
+        for x in current.links
+    )  # fmt: skip
+    return replace(current, nodes=nodes, links=links).canonical()
 
 
 def _impairment_dict(link: ResolvedLink) -> dict:
