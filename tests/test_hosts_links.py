@@ -423,4 +423,17 @@ def test_with_tunnels_via_server_new_links_between_hosts_are_relayed(tmp_path: P
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", base))
 
+        # without the setting: a link made impaired goes through the server too
+        runtime = _runtime(tmp_path / "d2", relay_ports=f"{base}-{base + 9}")
+        with runtime.catalog.session() as session:
+            HostRepository(session).update("far", facts={"address": "127.0.0.1"})
+        plain = await runtime.links.add("default", "n2:eth0", "n3:eth0")
+        assert runtime.links.path(plain) == "tunnel"
+        await runtime.links.remove(plain.id)
+        slow = {"a_to_b": {"delay_ms": 50}}
+        impaired = await runtime.links.add("default", "n2:eth0", "n3:eth0", impairment=slow)
+        assert runtime.links.path(impaired) == "relayed" and impaired.a_relay_port == base
+        assert runtime.links.relay(impaired.id).impairment("a_to_b").delay_ms == 50  # type: ignore[union-attr]
+        await runtime.links.close()
+
     asyncio.run(run())

@@ -27,6 +27,7 @@ refused (stop it first); down/up is live (the NIC's link state).
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.hosts import HostRepository
@@ -39,6 +40,8 @@ from virtlab.nodes.state import NodeState
 from virtlab.settings import is_loopback
 
 __all__ = ["RUNNING", "Tunnels"]
+
+log = logging.getLogger("virtlab.links")
 
 RUNNING = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
 SETTING = "VIRTLAB_RELAY_ADDRESS"
@@ -178,6 +181,11 @@ class Tunnels:
                 if relay_port is not None:
                     server = self.server_address(node.host)
                     if server is None:  # the setting was unset since: the NIC stays unplugged
+                        log.warning(
+                            "eth%s of %s stays unplugged: its link goes through the server, "
+                            "whose address on host %s is not known; set %s", index, node.name,
+                            node.host, SETTING,
+                        )  # fmt: skip
                         continue
                     out[index] = UdpTunnel(here, port, server, relay_port)  # type: ignore[arg-type]
                 else:
