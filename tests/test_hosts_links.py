@@ -394,6 +394,10 @@ def test_links_through_the_server_to_a_non_loopback_host_need_the_relay_address(
     asyncio.run(run())
     with pytest.raises(ValueError, match="VIRTLAB_RELAY_ADDRESS is an IP address"):
         Settings(relay_address="server.example")
+    overlapping = Settings(tunnel_ports="40000-40999", relay_ports="40900-41100")
+    with pytest.raises(ValueError, match=r"VIRTLAB_RELAY_PORTS .* overlaps VIRTLAB_TUNNEL_PORTS"):
+        overlapping.check_udp_ports()
+    Settings().check_udp_ports()  # the defaults are apart
 
 
 def test_with_tunnels_via_server_new_links_between_hosts_are_relayed(tmp_path: Path) -> None:

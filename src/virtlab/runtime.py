@@ -217,6 +217,7 @@ class Runtime:
     def _start_catalog(self) -> None:
         self.settings.check_socket_paths()
         self.settings.check_console_exposure()
+        self.settings.check_udp_ports()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()

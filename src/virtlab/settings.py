@@ -164,6 +164,16 @@ class Settings(BaseSettings):
                 "keep VIRTLAB_CONSOLE_HOST=127.0.0.1"
             )
 
+    def check_udp_ports(self) -> None:
+        """Refuse relay ports that overlap tunnel ports: a host on the server's own address (a
+        loopback host) would bind the ones the relay listens on."""
+        tunnel, relay = _span(self.tunnel_ports), _span(self.relay_ports)
+        if tunnel and relay and tunnel[0] <= relay[1] and relay[0] <= tunnel[1]:
+            raise ValueError(
+                f"VIRTLAB_RELAY_PORTS ({self.relay_ports}) overlaps VIRTLAB_TUNNEL_PORTS "
+                f"({self.tunnel_ports}); give the server's relay ports a range of their own"
+            )
+
     @property
     def nodes_dir(self) -> Path:
         return self.data_dir / "nodes"
@@ -179,6 +189,15 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'catalog.sqlite3'}"
+
+
+def _span(text: str) -> tuple[int, int] | None:
+    """``"40000-40999"`` → ``(40000, 40999)``; ``None`` if it is no range (refused elsewhere)."""
+    first, _, last = text.partition("-")
+    try:
+        return int(first), int(last or first)
+    except ValueError:
+        return None
 
 
 def is_loopback(host: str) -> bool:
