@@ -65,7 +65,10 @@ class Link(BaseModel):
     state: str
     impairment: dict
     capturing: bool
-    relayed: bool = Field(description="true while it goes through a relay (capture, impairment)")
+    relayed: bool = Field(
+        description="true while a relay in the server carries it (capture, impairment, a node "
+        "on a libvirt host)"
+    )
     path: Literal["direct", "relayed", "tunnel"] = Field(
         description="direct: two local nodes, kernel to kernel; relayed: through the server's "
         "relay; tunnel: UDP straight between two libvirt hosts (stop its nodes to capture it)"
