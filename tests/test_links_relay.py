@@ -31,10 +31,13 @@ from virtlab.links import (
     Impairment,
     PcapFile,
     Relay,
+    UdpEndpoint,
     connect_direct,
     connect_via,
     disconnect,
     peer_target,
+    plug,
+    unplug,
 )
 from virtlab.links.impairment import Lane, TokenBucket
 from virtlab.links.pcap import global_header
@@ -651,3 +654,159 @@ def test_socket_errors_are_the_ones_qemu_sees(lab: Path) -> None:
         assert info.value.errno == errno.ECONNREFUSED
     finally:
         a.close()
+
+
+# --- UDP ends: a node on a libvirt host, as its tunnel talks -----------------------------------
+
+
+class FakeTunnel:
+    """A NIC the way QEMU's ``-netdev socket,udp=PEER:P,localaddr=MINE:L`` makes one: bound at
+    127.0.0.1:L, sending every frame to PEER:P (the relay's port), taking frames from anyone."""
+
+    def __init__(self, relay_port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.relay_port = relay_port
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, ("127.0.0.1", self.relay_port))
+
+    async def recv(self, timeout: float = 10.0) -> bytes:
+        async with asyncio.timeout(timeout):
+            return await asyncio.get_running_loop().sock_recv(self.sock, 70000)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def udp_end(relay_port: int, tunnel: FakeTunnel) -> UdpEndpoint:
+    return UdpEndpoint("127.0.0.1", relay_port, "127.0.0.1", tunnel.port)
+
+
+@pytest.mark.asyncio
+async def test_a_local_nic_and_a_udp_tunnel_talk_through_the_relay_and_are_captured(
+    lab: Path,
+) -> None:
+    ea = Endpoint(lab / "A", 1)
+    a, port = FakeNic(ea), free_udp_port()
+    t = FakeTunnel(port)
+    relay = Relay(lab / "link", ea, udp_end(port, t), seed=3)
+    await relay.start()
+    try:
+        plug(ea, relay.a_sock)
+        assert peer_target(ea) == relay.a_sock and not relay.b_sock.exists()
+        relay.start_capture(lab / "c.pcap")
+        assert a.send(frame(MAC_A, MAC_B, b"to the host"))
+        assert await t.recv() == frame(MAC_A, MAC_B, b"to the host")
+        t.send(frame(MAC_B, MAC_A, b"from the host"))
+        assert await a.recv() == frame(MAC_B, MAC_A, b"from the host")
+        relay.set_impairment("b_to_a", Impairment(delay_ms=150))
+        sent = time.monotonic()
+        t.send(frame(MAC_B, MAC_A, b"late"))
+        assert await a.recv() == frame(MAC_B, MAC_A, b"late")
+        assert time.monotonic() - sent >= 0.15
+        relay.stop_capture()
+        records = [rec for _, rec in parse_pcap((lab / "c.pcap").read_bytes()).records]
+        assert records == [
+            frame(MAC_A, MAC_B, b"to the host"),
+            frame(MAC_B, MAC_A, b"from the host"),
+            frame(MAC_B, MAC_A, b"late"),
+        ]
+        assert relay.counters("a_to_b").forwarded == 1
+        assert relay.counters("b_to_a").forwarded == 2
+        unplug(ea, relay.a_sock)
+        assert peer_target(ea) is None
+    finally:
+        await relay.stop()
+        a.close()
+        t.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # the relay let its port go
+
+
+@pytest.mark.asyncio
+async def test_two_udp_ends_relay_impair_and_ignore_strangers(lab: Path) -> None:
+    """A link between two nodes on libvirt hosts, through the server: both ends UDP."""
+    pa, pb = free_udp_port(), free_udp_port()
+    ta, tb = FakeTunnel(pa), FakeTunnel(pb)
+    relay = Relay(lab / "link", udp_end(pa, ta), udp_end(pb, tb), seed=5)
+    await relay.start()
+    stranger = FakeTunnel(pa)
+    try:
+        ta.send(b"one" + bytes(60))
+        assert (await tb.recv()).startswith(b"one")
+        tb.send(b"two" + bytes(60))
+        assert (await ta.recv()).startswith(b"two")
+        stranger.send(b"spoof" + bytes(60))  # not ta's address: the kernel drops it
+        relay.set_impairment("a_to_b", Impairment(loss_pct=100))
+        for _ in range(3):
+            ta.send(bytes(60))
+        async with asyncio.timeout(10):
+            c = await relay.wait_counters("a_to_b", lambda c: c.dropped_by_loss == 3)
+        assert (c.frames, c.forwarded) == (4, 1), "the stranger's datagram never counted"
+        tb.send(b"three" + bytes(60))
+        assert (await ta.recv()).startswith(b"three"), "the other way is not impaired"
+    finally:
+        await relay.stop()
+        for t in (ta, tb, stranger):
+            t.close()
+
+
+@pytest.mark.asyncio
+async def test_a_udp_end_whose_node_is_not_running_costs_frames_not_the_relay(
+    lab: Path,
+) -> None:
+    """ICMP port unreachable comes back as ECONNREFUSED on the relay's socket: counted as a
+    frame not delivered, and the relay goes on once the node listens."""
+    ea = Endpoint(lab / "A", 1)
+    a, port = FakeNic(ea), free_udp_port()
+    t = FakeTunnel(port)
+    gone_port = t.port
+    t.close()  # the node on the host is not running: nothing listens on its port
+    relay = Relay(lab / "link", ea, UdpEndpoint("127.0.0.1", port, "127.0.0.1", gone_port))
+    await relay.start()
+    try:
+        plug(ea, relay.a_sock)
+        for _ in range(4):
+            assert a.send(bytes(60))
+        async with asyncio.timeout(10):
+            c = await relay.wait_counters("a_to_b", lambda c: c.frames == 4)
+        assert c.dropped_send >= 1 and c.forwarded + c.dropped_send == 4, c
+        back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        back.bind(("127.0.0.1", gone_port))  # the node starts again, on its same port
+        try:
+            back.sendto(b"up" + bytes(60), ("127.0.0.1", port))
+            assert (await a.recv()).startswith(b"up"), "the receiving side survived"
+            for _ in range(2):  # a refusal may still be pending from before
+                assert a.send(b"hi" + bytes(60))
+            async with asyncio.timeout(10):
+                got = await asyncio.get_running_loop().sock_recv(back, 70000)
+            assert got.startswith(b"hi")
+        finally:
+            back.close()
+    finally:
+        await relay.stop()
+        a.close()
+
+
+@pytest.mark.asyncio
+async def test_a_udp_port_in_use_is_refused_and_nothing_stays_bound(lab: Path) -> None:
+    ea = Endpoint(lab / "A", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        relay = Relay(lab / "link", ea, UdpEndpoint("127.0.0.1", port, "127.0.0.1", 9))
+        with pytest.raises(Conflict, match=f"UDP port {port} on 127.0.0.1 is taken"):
+            await relay.start()
+    assert not relay.a_sock.exists(), "the unix end it had bound is gone again"
+    with pytest.raises(InvalidRequest, match="not of one IP version"):
+        await Relay(lab / "l2", UdpEndpoint("::1", 0, "127.0.0.1", 9), ea).start()
+    with pytest.raises(Conflict, match="VIRTLAB_RELAY_ADDRESS"):
+        await Relay(lab / "l3", UdpEndpoint("192.0.2.1", 0, "192.0.2.2", 9), ea).start()

@@ -139,7 +139,11 @@ class Runtime:
         runtime.links = LinkService(
             catalog=catalog, nodes=runtime.nodes, links_dir=settings.data_dir / "links",
             captures_dir=settings.data_dir / "captures", events=events,
-            tunnels=Tunnels(catalog, PortRange.parse(settings.tunnel_ports)),
+            tunnels=Tunnels(
+                catalog, PortRange.parse(settings.tunnel_ports),
+                relay_ports=PortRange.parse(settings.relay_ports),
+                relay_address=settings.relay_address, via_server=settings.tunnels_via_server,
+            ),
         )  # fmt: skip
         runtime.labs = LabService(
             catalog=catalog, nodes=runtime.nodes, links=runtime.links, events=events,
@@ -213,6 +217,7 @@ class Runtime:
     def _start_catalog(self) -> None:
         self.settings.check_socket_paths()
         self.settings.check_console_exposure()
+        self.settings.check_udp_ports()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["GiB", "MiB", "Settings", "TiB", "default_data_dir", "is_loopback"]
@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     placement: Literal["spread", "pack"] = "spread"  # most room left first | fill one first
     host_open_timeout: float = Field(default=30.0, gt=0)  # seconds, at `host add` and start-up
     tunnel_ports: str = "40000-40999"  # UDP ports of links on libvirt hosts, on each host
+    # The server's address as libvirt hosts reach it: a link with an end on a libvirt host that
+    # goes through the server (every link to a local node; relayed links) has its relay listen
+    # on UDP there, and the host's node sends there. Unset: 127.0.0.1 (::1) for a host whose own
+    # address is a loopback one (it is this machine); such links to other hosts are refused.
+    relay_address: str | None = None
+    relay_ports: str = "41000-41999"  # the server's UDP ports for those links
+    tunnels_via_server: bool = False  # new links between libvirt hosts go through the server
 
     # Access.
     admin_password: SecretStr | None = Field(
@@ -110,6 +117,19 @@ class Settings(BaseSettings):
     # import pipeline or of a lab's deploy and start. Used only by the crash-safety tests; the
     # points are listed in virtlab._util.faults.
     fault_point: str | None = None
+
+    @field_validator("relay_address")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip().strip("[]")))
+        except ValueError:
+            raise ValueError(
+                f"VIRTLAB_RELAY_ADDRESS is an IP address of this server (as libvirt hosts reach "
+                f"it), not {value!r}"
+            ) from None
 
     @property
     def images_dir(self) -> Path:
@@ -144,6 +164,16 @@ class Settings(BaseSettings):
                 "keep VIRTLAB_CONSOLE_HOST=127.0.0.1"
             )
 
+    def check_udp_ports(self) -> None:
+        """Refuse relay ports that overlap tunnel ports: a host on the server's own address (a
+        loopback host) would bind the ones the relay listens on."""
+        tunnel, relay = _span(self.tunnel_ports), _span(self.relay_ports)
+        if tunnel and relay and tunnel[0] <= relay[1] and relay[0] <= tunnel[1]:
+            raise ValueError(
+                f"VIRTLAB_RELAY_PORTS ({self.relay_ports}) overlaps VIRTLAB_TUNNEL_PORTS "
+                f"({self.tunnel_ports}); give the server's relay ports a range of their own"
+            )
+
     @property
     def nodes_dir(self) -> Path:
         return self.data_dir / "nodes"
@@ -159,6 +189,15 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'catalog.sqlite3'}"
+
+
+def _span(text: str) -> tuple[int, int] | None:
+    """``"40000-40999"`` → ``(40000, 40999)``; ``None`` if it is no range (refused elsewhere)."""
+    first, _, last = text.partition("-")
+    try:
+        return int(first), int(last or first)
+    except ValueError:
+        return None
 
 
 def is_loopback(host: str) -> bool:

@@ -11,6 +11,12 @@ import { impairmentForm } from "./impairment.js";
 import { allowed } from "./states.js";
 import { ticketPanel } from "./tickets.js";
 
+const PATHS = {
+  direct: "direct, kernel to kernel",
+  relayed: "through a relay in the server (capture, impairment, or a node on a libvirt host)",
+  tunnel: "UDP straight between two libvirt hosts (stop its nodes to capture or impair it)",
+};
+
 const NODE_ACTIONS = [
   ["start", "Start"],
   ["stop", "Stop"],
@@ -198,7 +204,7 @@ export function renderLink(ctx, link) {
       h("h2", {}, `Link ${link.a} ⟷ ${link.b}`)),
     h("dl", { class: "facts" },
       h("dt", {}, "State"), h("dd", {}, stateBadge(link.state)),
-      h("dt", {}, "Path"), h("dd", {}, link.relayed ? "through a relay (capture or impairment)" : "direct, kernel to kernel"),
+      h("dt", {}, "Path"), h("dd", {}, PATHS[link.path] || (link.relayed ? PATHS.relayed : PATHS.direct)),
       h("dt", {}, "Capture"), h("dd", {}, link.capturing ? h("span", { class: "badge rec" }, "capturing") : "off")),
     h("div", { class: "button-row", role: "group", "aria-label": "Link actions" },
       link.state === "up"

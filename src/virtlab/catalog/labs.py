@@ -43,19 +43,27 @@ class LinkRecord:
     created_at: datetime
     impairment: dict = field(default_factory=dict)  # {"a_to_b": {...}, "b_to_a": {...}}
     capturing: bool = False
-    a_port: int | None = None  # a UDP tunnel's ports, each on its end's host
+    a_port: int | None = None  # a UDP tunnel's ports, each on its end's host (None: local end)
     b_port: int | None = None
+    a_relay_port: int | None = None  # the server's UDP port a host end talks to, if relayed
+    b_relay_port: int | None = None
 
     @property
     def tunnel(self) -> bool:
-        return self.a_port is not None
+        """An end is on a libvirt host: its NIC is a UDP tunnel, fixed when that node starts."""
+        return self.a_port is not None or self.b_port is not None
+
+    @property
+    def via_server(self) -> bool:
+        """Its tunnels lead to the server's relay (not straight from host to host)."""
+        return self.a_relay_port is not None or self.b_relay_port is not None
 
     @classmethod
     def from_row(cls, row: LinkRow) -> LinkRecord:
         return cls(
             row.id, row.lab_id, row.a_node, row.a_iface, row.b_node, row.b_iface, row.state,
             _utc(row.created_at), json.loads(row.impairment or "{}"), row.capturing,
-            row.a_port, row.b_port,
+            row.a_port, row.b_port, row.a_relay_port, row.b_relay_port,
         )  # fmt: skip
 
     def ends(self) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -107,6 +115,7 @@ class LinkRepository:
                 b_node=record.b_node, b_iface=record.b_iface, state=record.state,
                 impairment=json.dumps(record.impairment), capturing=record.capturing,
                 created_at=record.created_at, a_port=record.a_port, b_port=record.b_port,
+                a_relay_port=record.a_relay_port, b_relay_port=record.b_relay_port,
             )
         )  # fmt: skip
         self.session.flush()

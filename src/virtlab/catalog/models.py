@@ -122,6 +122,9 @@ class LinkRow(Base):
     # A UDP tunnel (nodes on libvirt hosts): each end's port on its own host.
     a_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     b_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Through the server's relay: the server's UDP port each host end's tunnel talks to.
+    a_relay_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    b_relay_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class CheckpointRow(Base):

@@ -93,9 +93,10 @@ def lab_inspect(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None
             str(vnc["port"] or "") if vnc else "",
         )  # fmt: skip
     out.print(nodes)
-    cables = Table("link", "a", "b", "state", "relayed", "impairment")
+    cables = Table("link", "a", "b", "state", "path", "impairment")
     for link in data["link_list"]:
-        cables.add_row(link["id"], link["a"], link["b"], link["state"], str(link["relayed"]),
+        path = link.get("path") or ("relayed" if link["relayed"] else "direct")
+        cables.add_row(link["id"], link["a"], link["b"], link["state"], path,
                        json.dumps(link["impairment"]) if link["impairment"] else "")  # fmt: skip
     out.print(cables)
 
@@ -160,7 +161,8 @@ def lab_graph(
 
 
 def _link_line(link: dict) -> str:
-    extra = " relayed" if link["relayed"] else ""
+    path = link.get("path") or ("relayed" if link["relayed"] else "direct")
+    extra = f" {path}" if path != "direct" else ""
     return f"{link['id']}  {link['a']} <-> {link['b']}  {link['state']}{extra}"
 
 
@@ -169,11 +171,20 @@ def link_add(
     a: Annotated[str, typer.Argument(help="NODE:ethN")],
     b: Annotated[str, typer.Argument(help="NODE:ethN")],
     lab: Annotated[str, typer.Option(help="The lab of both nodes.")] = "default",
+    relayed: Annotated[
+        bool,
+        typer.Option(
+            "--relayed",
+            help="Between nodes on libvirt hosts: through the server (capture and impair it "
+            "live) instead of straight from host to host.",
+        ),
+    ] = False,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Link two interfaces (the nodes may run)."""
-    data = call(url, "POST", "/api/links", json={"lab": lab, "a": a, "b": b}).json()
+    """Link two interfaces (the nodes may run; nodes on libvirt hosts must be stopped)."""
+    body = {"lab": lab, "a": a, "b": b, **({"relayed": True} if relayed else {})}
+    data = call(url, "POST", "/api/links", json=body).json()
     _print(data, as_json, _link_line(data))
 
 

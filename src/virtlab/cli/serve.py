@@ -49,6 +49,7 @@ def serve(
     try:
         settings.check_socket_paths()
         settings.check_console_exposure()
+        settings.check_udp_ports()
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

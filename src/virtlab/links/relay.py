@@ -1,4 +1,8 @@
-"""The relay of a captured or impaired link: two unix datagram sockets and asyncio in between.
+"""The relay of a captured, impaired or bridged link: two ends and asyncio in between.
+
+Each end is a NIC of a node on the server's own host (a unix datagram socket) or of a node on a
+libvirt host (a UDP socket its tunnel talks to): see :mod:`virtlab.links.ends`. Everything below
+the receive, from loss to capture, is the same for both kinds.
 
 ::
 
@@ -11,8 +15,9 @@
     await relay.stop()
 
 Node A's ``nicN.peer`` points at ``a.sock`` (see :mod:`virtlab.links.wiring`): what A sends
-arrives there and leaves toward B's ``nicN.sock``; ``b.sock`` serves the other direction. Each
-direction runs on its own, through these stages:
+arrives there and leaves toward B's ``nicN.sock``; ``b.sock`` serves the other direction. An end
+given as a :class:`~virtlab.links.ends.UdpEndpoint` instead listens on its UDP port and sends to
+the node's tunnel. Each direction runs on its own, through these stages:
 
 1. **receive** (counted: ``frames``, ``bytes``);
 2. **loss** (``dropped_by_loss``) and **corruption** (``corrupted``), drawn from the
@@ -24,7 +29,8 @@ direction runs on its own, through these stages:
 4. **deliver**: the frame is captured (a tap at the receiving end: after loss, corruption,
    delay and rate; in the pcap file and to live subscribers, both directions in one time
    line), then sent to the receiver (``forwarded``). A receiver that is not running (its socket
-   is missing or dead: ``ENOENT``, ``ECONNREFUSED``) costs the frame (``dropped_send``). A
+   is missing or dead: ``ENOENT``; its UDP port unreachable: ``ECONNREFUSED``) costs the frame
+   (``dropped_send``). A
    receiver whose queue is full holds the direction until it reads again, as QEMU itself does
    on a direct link: the sender's frames then wait in ``a.sock`` and in its own QEMU, instead
    of being dropped, which keeps TCP through a relay as fast as through a direct link.
@@ -36,11 +42,8 @@ new values; frames already queued keep their release times.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import random
-import socket
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -48,6 +51,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from virtlab.errors import Conflict, InvalidRequest
+from virtlab.links.ends import GONE, End, UdpEndpoint, make_end
 from virtlab.links.impairment import QUEUE_LIMIT, DirectionCounters, Impairment, Lane
 from virtlab.links.pcap import PcapFile, PcapStream, Subscription
 from virtlab.links.wiring import Endpoint
@@ -60,23 +64,19 @@ Direction = Literal["a_to_b", "b_to_a"]
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 MAX_FRAME = 69632  # QEMU's NET_BUFSIZE: no frame from a dgram netdev is larger
 YIELD_EVERY = 64  # frames a reader handles before letting the other tasks run
-_MAX_SUN_PATH = 107
-_GONE = (errno.ENOENT, errno.ECONNREFUSED)  # the receiver is not running: expected, not logged
 
 Watcher = tuple[Callable[[DirectionCounters], bool], "asyncio.Future[None]"]
 
 
 class _Way:
-    """One direction: its sockets, its :class:`Lane`, and what waits on it."""
+    """One direction: its two ends, its :class:`Lane`, and what waits on it."""
 
-    def __init__(self, name: Direction, rx_path: Path, dest: Path, lane: Lane) -> None:
+    def __init__(self, name: Direction, source: End, dest: End, lane: Lane) -> None:
         self.name = name
-        self.rx_path = rx_path  # the relay socket the sender's frames arrive on
-        self.dest = dest  # the receiver's nicN.sock
+        self.source = source  # the sender's frames arrive on source.rx
+        self.dest = dest  # and leave through dest.sender()
         self.lane = lane
         self.counters = lane.counters
-        self.rx: socket.socket | None = None
-        self.tx: socket.socket | None = None  # connected to dest, made on demand
         self.watchers: list[Watcher] = []
         self._waker: asyncio.Future[None] | None = None
 
@@ -120,8 +120,8 @@ class Relay:
     def __init__(
         self,
         link_dir: Path,
-        a: Endpoint,
-        b: Endpoint,
+        a: Endpoint | UdpEndpoint,
+        b: Endpoint | UdpEndpoint,
         *,
         seed: int | str | None = None,
         queue_limit: int = QUEUE_LIMIT,
@@ -129,9 +129,11 @@ class Relay:
     ) -> None:
         self.link_dir = Path(link_dir)
         self.a, self.b = a, b
+        self._ends = (make_end(a, self.a_sock), make_end(b, self.b_sock))
+        end_a, end_b = self._ends
         self._ways = {
-            "a_to_b": _Way("a_to_b", self.a_sock, b.sock, Lane(_rng(seed, "a"), queue_limit)),
-            "b_to_a": _Way("b_to_a", self.b_sock, a.sock, Lane(_rng(seed, "b"), queue_limit)),
+            "a_to_b": _Way("a_to_b", end_a, end_b, Lane(_rng(seed, "a"), queue_limit)),
+            "b_to_a": _Way("b_to_a", end_b, end_a, Lane(_rng(seed, "b"), queue_limit)),
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._pcap: PcapFile | None = None
@@ -141,7 +143,8 @@ class Relay:
 
     @property
     def a_sock(self) -> Path:
-        """The socket ``a``'s ``nicN.peer`` points at: frames from A arrive here."""
+        """The socket ``a``'s ``nicN.peer`` points at: frames from A arrive here (when ``a`` is
+        a local NIC)."""
         return self.link_dir / "a.sock"
 
     @property
@@ -155,13 +158,14 @@ class Relay:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind ``a.sock`` and ``b.sock`` (replacing stale ones) and start forwarding."""
+        """Bind both ends (``a.sock`` and ``b.sock`` replacing stale ones, or UDP ports) and
+        start forwarding; if either cannot be bound, neither stays."""
         if self._state != "new":
             raise Conflict(f"the relay in {self.link_dir} is {self._state}; make a new one")
         self.link_dir.mkdir(parents=True, exist_ok=True)
         try:
-            for way in self._ways.values():
-                way.rx = _bind(way.rx_path)
+            for end in self._ends:
+                end.open()
         except BaseException:
             self._close_sockets()
             raise
@@ -191,13 +195,9 @@ class Relay:
             way.watchers.clear()
 
     def _close_sockets(self) -> None:
+        for end in self._ends:
+            end.close()
         for way in self._ways.values():
-            for sock in (way.rx, way.tx):
-                if sock is not None:
-                    sock.close()
-            if way.rx is not None:
-                way.rx_path.unlink(missing_ok=True)
-            way.rx = way.tx = None
             way.lane.queue.clear()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -296,10 +296,13 @@ class Relay:
     async def _read(self, way: _Way) -> None:
         """Receive and admit frames; send at once those that need no queue."""
         loop = asyncio.get_running_loop()
-        rx, lane = way.rx, way.lane
+        rx, lane = way.source.rx, way.lane
         assert rx is not None
         while True:
-            frame = await loop.sock_recv(rx, MAX_FRAME)  # only this awaits an idle socket
+            try:
+                frame = await loop.sock_recv(rx, MAX_FRAME)  # only this awaits an idle socket
+            except ConnectionRefusedError:  # a UDP end's node did not take an earlier frame
+                continue
             budget = YIELD_EVERY
             while True:
                 out = lane.admit(frame, time.monotonic())
@@ -316,7 +319,7 @@ class Relay:
                     budget = YIELD_EVERY
                 try:
                     frame = rx.recv(MAX_FRAME)
-                except BlockingIOError:
+                except (BlockingIOError, ConnectionRefusedError):
                     break
 
     async def _drain(self, way: _Way) -> None:
@@ -342,7 +345,7 @@ class Relay:
         """Capture and send ``frame``; ``False`` if the receiver's queue is full (not sent)."""
         if self._pcap is not None or self._stream.active:
             self._capture(frame)
-        tx = way.tx or self._connect(way)
+        tx = way.dest.sender()
         if tx is None:
             way.counters.dropped_send += 1
             return True
@@ -358,8 +361,8 @@ class Relay:
 
     async def _send_when_ready(self, way: _Way, frame: bytes) -> None:
         """Wait until the receiver reads again (it wakes us), then send ``frame``."""
-        tx = way.tx
-        assert tx is not None
+        tx = way.dest.sender()
+        assert tx is not None  # it just refused the frame for being full
         if way.watchers:
             way.counted()
         try:
@@ -370,52 +373,12 @@ class Relay:
         way.counters.forwarded += 1
 
     def _lost(self, way: _Way, exc: OSError) -> None:
-        """The receiver went away: drop the frame, reconnect for the next one."""
-        if exc.errno not in _GONE:
+        """The receiver went away: drop the frame, recover for the next one."""
+        if exc.errno not in GONE:
             log.debug("relay %s: sending to %s failed: %s", way.name, way.dest, exc)
         way.counters.dropped_send += 1
-        if way.tx is not None:
-            way.tx.close()
-            way.tx = None
-
-    def _connect(self, way: _Way) -> socket.socket | None:
-        """A socket connected to the receiver (so a full receiver can wake us), or ``None``."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-        try:
-            sock.connect(str(way.dest))
-        except OSError as exc:
-            sock.close()
-            if exc.errno not in _GONE:
-                log.debug("relay %s: cannot reach %s: %s", way.name, way.dest, exc)
-            return None
-        way.tx = sock
-        return sock
+        way.dest.lost(exc)
 
 
 def _rng(seed: int | str | None, side: str) -> random.Random:
     return random.Random(None if seed is None else f"{seed}/{side}")
-
-
-def _bind(path: Path) -> socket.socket:
-    """A non-blocking datagram socket bound at ``path``; a stale socket file is replaced."""
-    if len(str(path).encode()) > _MAX_SUN_PATH:
-        raise InvalidRequest(f"the relay socket path {path} is longer than {_MAX_SUN_PATH} bytes")
-    if path.is_symlink() or (path.exists() and not stat.S_ISSOCK(path.stat().st_mode)):
-        raise Conflict(f"{path} is in the way of a relay socket and is not one; remove it")
-    if path.exists():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            probe.connect(str(path))
-        except OSError:  # nobody bound it (a relay that died): stale
-            path.unlink()
-        else:
-            raise Conflict(f"another relay is bound at {path}; stop it first")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-    try:
-        sock.bind(str(path))
-    except BaseException:
-        sock.close()
-        raise
-    return sock

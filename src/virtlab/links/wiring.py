@@ -36,7 +36,15 @@ from virtlab.errors import Conflict, InvalidRequest
 from virtlab.nodes.qemu.argv import unplugged_nic_paths
 from virtlab.nodes.spec import RunPaths
 
-__all__ = ["Endpoint", "connect_direct", "connect_via", "disconnect", "peer_target"]
+__all__ = [
+    "Endpoint",
+    "connect_direct",
+    "connect_via",
+    "disconnect",
+    "peer_target",
+    "plug",
+    "unplug",
+]
 
 
 @dataclass(frozen=True)
@@ -172,3 +180,25 @@ def disconnect(a: Endpoint, b: Endpoint, *, relay_socks: tuple[Path, Path] | Non
         unplug.append(ep)
     for ep in unplug:
         ep.peer.unlink(missing_ok=True)
+
+
+def plug(endpoint: Endpoint, relay_sock: Path) -> None:
+    """Wire ``endpoint`` alone to ``relay_sock``: its link's other end is not a local NIC (a
+    node on a libvirt host, reached through the relay). Idempotent; an endpoint wired to
+    anything else belongs to another link: :class:`Conflict`."""
+    target = _abs(relay_sock)
+    if _check(endpoint, target, [], f"{endpoint} <-> a relay in {target.parent}"):
+        _point(endpoint, target)
+
+
+def unplug(endpoint: Endpoint, relay_sock: Path) -> None:
+    """Undo :func:`plug` (idempotent); an endpoint wired elsewhere is left alone: Conflict."""
+    current = peer_target(endpoint)
+    if current is None:
+        return
+    if current != _abs(relay_sock):
+        raise Conflict(
+            f"{endpoint} is not wired to {relay_sock} (its frames go to {current}); "
+            "nothing was removed"
+        )
+    endpoint.peer.unlink(missing_ok=True)

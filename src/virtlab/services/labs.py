@@ -219,7 +219,7 @@ class LabService:
                 continue
             made = await self.links.add(
                 lab.name, str(link.a), str(link.b), state=link.state.value,
-                impairment=_impairment_dict(link),
+                impairment=_impairment_dict(link), relayed=link.relayed,
             )  # fmt: skip
             undo.push_async_callback(self.links.remove, made.id)
             self.fault("deploy_after_link")
@@ -341,6 +341,8 @@ class LabService:
                     a=a, b=b, state=LinkState(link.state),
                     a_to_b=Impairment(**imp.get("a_to_b", {})),
                     b_to_a=Impairment(**imp.get("b_to_a", {})),
+                    # between two hosts' nodes; a link to a local node goes through it anyway
+                    relayed=link.via_server and None not in (link.a_port, link.b_port),
                 )
             )  # fmt: skip
         return ResolvedLab(lab.name, tuple(nodes), tuple(links)).canonical()
@@ -407,13 +409,21 @@ def _settings(node: ResolvedNode, lab: str, management: dict) -> NodeSettings:
 
 def _placed_as_asked(current: ResolvedLab, wanted: ResolvedLab) -> ResolvedLab:
     """``current`` with the host of each node the file leaves to placement left out too, so a
-    placed node does not make the same file differ."""
+    placed node does not make the same file differ; likewise ``relayed`` on a link with a
+    local end, which goes through the server whatever the file says."""
     asked = {n.name: n.host for n in wanted.nodes}
     nodes = tuple(
         replace(n, host=None if asked.get(n.name) is None else n.host or LOCAL_HOST)
         for n in current.nodes
     )
-    return replace(current, nodes=nodes).canonical()
+    on_hosts = {n.name for n in current.nodes if n.host not in (None, LOCAL_HOST)}
+    relayed = {frozenset((str(x.a), str(x.b))): x.relayed for x in wanted.links}
+    links = tuple(
+        x if {x.a.node, x.b.node} <= on_hosts
+        else replace(x, relayed=relayed.get(frozenset((str(x.a), str(x.b))), False))
+        for x in current.links
+    )  # fmt: skip
+    return replace(current, nodes=nodes, links=links).canonical()
 
 
 def _impairment_dict(link: ResolvedLink) -> dict:

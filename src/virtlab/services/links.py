@@ -2,7 +2,10 @@
 
 A plain link is direct (two symlinks, kernel to kernel; see ``virtlab.links.wiring``). A link
 that is captured, impaired or streamed goes through a relay; when none of that is needed any
-more it goes back to direct. Changes to wiring are serialised by one lock; nodes may run.
+more it goes back to direct. A link with an end on a libvirt host is a UDP tunnel there, to the
+other host or to the server's relay (``virtlab.services.tunnels``; which path each link takes
+is :mod:`virtlab.services.link_wiring`). Changes to wiring are serialised by one lock; nodes
+may run.
 """
 
 from __future__ import annotations
@@ -11,10 +14,7 @@ import asyncio
 import contextlib
 import logging
 import re
-import shutil
-import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -23,12 +23,14 @@ from pathlib import Path
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.labs import LinkRecord, LinkRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
-from virtlab.links import Endpoint, Impairment, Relay, connect_direct, connect_via, disconnect
+from virtlab.links import Impairment, Relay
 from virtlab.names import ENDPOINT
+from virtlab.nodes.spec import LOCAL_HOST
 from virtlab.nodes.state import NodeState
 from virtlab.services.events import EventBus
+from virtlab.services.link_wiring import LinkWiring
 from virtlab.services.nodes import NodeService
-from virtlab.services.tunnels import Tunnels
+from virtlab.services.tunnels import RUNNING, Tunnels
 
 __all__ = ["LinkService", "parse_endpoint"]
 
@@ -36,11 +38,6 @@ log = logging.getLogger("virtlab.links")
 
 _ENDPOINT = re.compile(r"^(?P<node>[^:]+):eth(?P<index>\d{1,2})$")  # once ENDPOINT passed
 _DIRECTIONS = ("a_to_b", "b_to_a")
-_NO_RELAY = (
-    "links of nodes on libvirt hosts are UDP tunnels without a relay: they cannot be captured "
-    "or impaired yet; capture or impair a link between nodes of the local host"
-)
-_RUNNING = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -72,8 +69,10 @@ class LinkService:
         self.links_dir = links_dir
         self.captures_dir = captures_dir
         self.events = events
-        self._relays: dict[str, Relay] = {}
-        self._streams: Counter[str] = Counter()
+        self.wiring = LinkWiring(
+            nodes_dir=nodes.nodes_dir, links_dir=links_dir, captures_dir=captures_dir,
+            tunnels=tunnels,
+        )  # fmt: skip
         self._releases: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
         nodes.after_start = self._node_started
@@ -106,13 +105,20 @@ class LinkService:
         return node
 
     def relay(self, link_id: str) -> Relay | None:
-        return self._relays.get(link_id)
+        return self.wiring.relays.get(link_id)
+
+    def path(self, link: LinkRecord) -> str:
+        """direct, relayed or tunnel (see :mod:`virtlab.services.link_wiring`)."""
+        return self.wiring.path(link)
 
     # -- changes ------------------------------------------------------------------------------
 
     async def add(
         self, lab: str, a: str, b: str, *, state: str = "up", impairment: dict | None = None,
+        relayed: bool = False,
     ) -> LinkRecord:  # fmt: skip
+        """``relayed``: a link with an end on a libvirt host goes through the server's relay
+        (a link to a local node always does; between two local nodes it changes nothing)."""
         lab_id = self.nodes.lab_id(lab)
         ends = []
         for text in (a, b):
@@ -133,10 +139,11 @@ class LinkService:
             raise InvalidRequest(f"a link's state is up or down, not {state!r}")
         checked = impairments(impairment)
         tunnel = self.tunnels is not None and self.tunnels.needed(na, nb)
-        if tunnel:
-            self.tunnels.check(na, nb)  # type: ignore[union-attr]
-            if any(not v.is_none for v in checked.values()):
-                raise Conflict(_NO_RELAY)
+        via = False
+        if self.tunnels is not None and tunnel:
+            impaired = any(not v.is_none for v in checked.values())
+            via = self.tunnels.relayed(na, nb, relayed or impaired)
+            self.tunnels.check(na, nb, via)
         record = LinkRecord(
             id=uuid.uuid4().hex[:12], lab_id=lab_id, a_node=na.id, a_iface=ia, b_node=nb.id,
             b_iface=ib, state=state, created_at=datetime.now(UTC),
@@ -144,8 +151,7 @@ class LinkService:
         )  # fmt: skip
         async with self._lock:
             if tunnel:
-                a_port, b_port = self.tunnels.allocate(na, nb)  # type: ignore[union-attr]
-                record = replace(record, a_port=a_port, b_port=b_port)
+                record = replace(record, **self.tunnels.allocate(na, nb, via))  # type: ignore[union-attr]
             with self.catalog.session() as session:
                 repo = LinkRepository(session)
                 for node, index in ends:
@@ -157,9 +163,11 @@ class LinkService:
                         )
                 repo.add(record)
             try:
-                await self._settle(record)
+                await self.wiring.settle(record)
                 await self._apply_state(record)
             except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.wiring.unwire(record)
                 with self.catalog.session() as session:
                     LinkRepository(session).remove(record.id)
                 raise
@@ -169,7 +177,11 @@ class LinkService:
     async def remove(self, link_id: str) -> LinkRecord:
         async with self._lock:
             link = self.get(link_id)
-            await self._unwire(link)
+            await self.wiring.unwire(link)
+            for node_id, index in link.ends():  # a running host end loses its carrier; the
+                node = self.node_of(node_id)  # tunnel is gone from its next start
+                if node.host != LOCAL_HOST and NodeState(node.state) in RUNNING:
+                    await self.nodes.driver.set_link(node_id, index, False)
             with self.catalog.session() as session:
                 LinkRepository(session).remove(link.id)
         self._publish(link, deleted=True)
@@ -188,13 +200,14 @@ class LinkService:
     async def set_impairment(self, link_id: str, impairment: dict | None) -> LinkRecord:
         checked = impairments(impairment)
         stored = {d: asdict(v) for d, v in checked.items() if not v.is_none}
-        if stored and self.get(link_id).tunnel:
-            raise Conflict(_NO_RELAY)
         async with self._lock:
+            link = self.get(link_id)
+            if stored:
+                await self._via_server(link, "impaired")
             with self.catalog.session() as session:
-                link = LinkRepository(session).update(self.get(link_id).id, impairment=stored)
-            await self._settle(link)
-            relay = self._relays.get(link.id)
+                link = LinkRepository(session).update(link.id, impairment=stored)
+            await self.wiring.settle(link)
+            relay = self.relay(link.id)
             if relay is not None:
                 for direction, value in checked.items():
                     relay.set_impairment(direction, value)  # type: ignore[arg-type]
@@ -202,13 +215,13 @@ class LinkService:
         return link
 
     async def start_capture(self, link_id: str) -> Path:
-        if self.get(link_id).tunnel:
-            raise Conflict(_NO_RELAY)
         async with self._lock:
+            await self._via_server(self.get(link_id), "captured")
             with self.catalog.session() as session:
                 link = LinkRepository(session).update(self.get(link_id).id, capturing=True)
-            await self._settle(link)
-            path = self._capture_path(link)
+            await self.wiring.settle(link)
+            path = self.relay(link.id).capture_path  # type: ignore[union-attr]
+            assert path is not None
         self._publish(link)
         return path
 
@@ -216,10 +229,10 @@ class LinkService:
         async with self._lock:
             with self.catalog.session() as session:
                 link = LinkRepository(session).update(self.get(link_id).id, capturing=False)
-            relay = self._relays.get(link.id)
+            relay = self.relay(link.id)
             if relay is not None:
                 relay.stop_capture()
-            await self._settle(link)
+            await self.wiring.settle(link)
         self._publish(link)
         return link
 
@@ -234,12 +247,16 @@ class LinkService:
     async def stream(self, link_id: str) -> AsyncIterator[bytes]:
         """A live pcap stream of the link (global header, then frames) until the reader leaves."""
         link = self.get(link_id)
-        if link.tunnel:
-            raise Conflict(_NO_RELAY)
         async with self._lock:
-            self._streams[link.id] += 1
-            await self._settle(link)
-            relay = self._relays[link.id]
+            await self._via_server(link, "captured")
+            link = self.get(link_id)
+            self.wiring.streams[link.id] += 1
+            try:
+                await self.wiring.settle(link)
+            except BaseException:
+                self.wiring.streams[link.id] -= 1
+                raise
+            relay = self.wiring.relays[link.id]
         subscription = relay.subscribe_capture()
         try:
             async for chunk in subscription:
@@ -255,82 +272,50 @@ class LinkService:
 
     def readers(self, link_id: str) -> int:
         """How many live capture streams of the link are being read."""
-        return self._streams[link_id]
+        return self.wiring.streams[link_id]
 
     async def _stream_ended(self, link_id: str) -> None:
         async with self._lock:
-            self._streams[link_id] -= 1
+            self.wiring.streams[link_id] -= 1
             with contextlib.suppress(NotFound):  # the link was removed meanwhile
-                await self._settle(self.get(link_id))
+                await self.wiring.settle(self.get(link_id))
 
-    # -- wiring -------------------------------------------------------------------------------
+    # -- paths --------------------------------------------------------------------------------
 
-    def _endpoints(self, link: LinkRecord) -> tuple[Endpoint, Endpoint]:
-        return (
-            Endpoint(self.nodes.nodes_dir / link.a_node, link.a_iface),
-            Endpoint(self.nodes.nodes_dir / link.b_node, link.b_iface),
-        )
-
-    def _needs_relay(self, link: LinkRecord) -> bool:
-        return bool(link.capturing or link.impairment or self._streams[link.id] > 0)
-
-    async def _settle(self, link: LinkRecord) -> None:
-        """Wire the link directly, or through a relay when something needs one."""
-        if link.tunnel:
-            if self._needs_relay(link):
-                raise Conflict(_NO_RELAY)
-            return  # a UDP tunnel: part of each node's definition when it starts
-        a, b = self._endpoints(link)
-        relay = self._relays.get(link.id)
-        if self._needs_relay(link):
-            if relay is None:
-                relay = Relay(self.links_dir / link.id, a, b)
-                await relay.start()
-                self._relays[link.id] = relay
-                for direction, value in impairments(link.impairment).items():
-                    relay.set_impairment(direction, value)  # type: ignore[arg-type]
-                connect_via(a, relay.a_sock, b, relay.b_sock)
-            if link.capturing and relay.capture_path is None:
-                relay.start_capture(self._new_capture_path(link))
+    async def _via_server(self, link: LinkRecord, what: str) -> None:
+        """Route a link straight between two hosts through the server from its nodes' next
+        start, so it can be ``what`` (captured, impaired); refused while either runs."""
+        if not link.tunnel or link.via_server or self.tunnels is None:
             return
-        if relay is not None:
-            connect_direct(a, b, relay_socks=(relay.a_sock, relay.b_sock))
-            await self._drop_relay(link.id)
-        else:
-            connect_direct(a, b)
-
-    async def _drop_relay(self, link_id: str) -> None:
-        relay = self._relays.pop(link_id, None)
-        if relay is not None:
-            await relay.stop()
-            shutil.rmtree(relay.link_dir, ignore_errors=True)
-
-    async def _unwire(self, link: LinkRecord) -> None:
-        if link.tunnel:  # running ends lose the carrier; the tunnel is gone at their next start
-            for node_id, index in link.ends():
-                if NodeState(self.node_of(node_id).state) in _RUNNING:
-                    await self.nodes.driver.set_link(node_id, index, False)
-            return
-        a, b = self._endpoints(link)
-        relay = self._relays.get(link.id)
-        disconnect(a, b, relay_socks=(relay.a_sock, relay.b_sock) if relay else None)
-        await self._drop_relay(link.id)
-
-    def _new_capture_path(self, link: LinkRecord) -> Path:
-        folder = self.captures_dir / link.id
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / time.strftime("%Y%m%d-%H%M%S.pcap", time.gmtime())
-
-    def _capture_path(self, link: LinkRecord) -> Path:
-        relay = self._relays[link.id]
-        assert relay.capture_path is not None
-        return relay.capture_path
+        a, b = self.node_of(link.a_node), self.node_of(link.b_node)
+        running = [n.name for n in (a, b) if NodeState(n.state) in RUNNING]
+        if running:
+            names = " and ".join(running)
+            raise Conflict(
+                f"link {self.describe(link)} cannot be {what} now: it goes straight from host "
+                f"{a.host} to host {b.host} (a UDP tunnel), and libvirt cannot re-point the "
+                f"tunnel of a running node through the server; stop {names} and try again (the "
+                "link then goes through the server from their next start), or remove the link "
+                'and add it again relayed (`virtlab link add --relayed`, "relayed": true)'
+            )
+        self.tunnels.check(a, b, relayed=True)
+        ports = self.tunnels.allocate_relay(a, b)
+        with self.catalog.session() as session:
+            routed = LinkRepository(session).update(link.id, **ports)
+        try:
+            await self.wiring.settle(routed)
+        except BaseException:
+            with self.catalog.session() as session:
+                LinkRepository(session).update(link.id, a_relay_port=None, b_relay_port=None)
+            raise
+        log.info("link %s goes through the server from now on", self.describe(link))
 
     async def _apply_state(self, link: LinkRecord) -> None:
-        """Carrier up or down on both NICs of running nodes (QMP set_link)."""
+        """Carrier up or down on both NICs of running nodes (QMP set_link, or the NIC's link
+        state on a libvirt host)."""
         for node_id, index in link.ends():
             node = self.node_of(node_id)
-            if NodeState(node.state) in _RUNNING:
+            if NodeState(node.state) in RUNNING:
                 await self.nodes.driver.set_link(node_id, index, link.state == "up")
 
     # -- node and server lifecycle ------------------------------------------------------------
@@ -357,18 +342,17 @@ class LinkService:
         async with self._lock:
             for link in self.list():
                 try:
-                    await self._settle(link)
-                except Conflict as exc:
+                    await self.wiring.settle(link)
+                except (Conflict, InvalidRequest, OSError) as exc:
                     log.warning("link %s could not be wired again: %s", link.id, exc)
 
     async def close(self) -> None:
-        for link_id in list(self._relays):
-            await self._drop_relay(link_id)
+        await self.wiring.close()
 
     def _publish(self, link: LinkRecord, *, deleted: bool = False) -> None:
         if self.events is not None:
             self.events.publish(
                 "link", id=link.id, lab=self.nodes.lab_name(link.lab_id),
                 state="deleted" if deleted else link.state, capturing=link.capturing,
-                impairment=link.impairment,
+                impairment=link.impairment, path=self.path(link),
             )  # fmt: skip

@@ -144,6 +144,8 @@ def _link(link: ResolvedLink) -> dict[str, Any]:
     else:
         ways = {"a_to_b": _impairment(link.a_to_b), "b_to_a": _impairment(link.b_to_a)}
         out["impairment"] = {way: values for way, values in ways.items() if values}
+    if link.relayed:
+        out["relayed"] = True
     return out
 
 

@@ -218,6 +218,12 @@ class LinkConfig(_Strict):
     impairment: ImpairmentConfig | None = Field(
         None, description="delay, jitter, loss, corruption, rate limit"
     )
+    relayed: bool = Field(
+        False,
+        description="between nodes on libvirt hosts: through the server's relay (capture and "
+        "impair it live) instead of straight from host to host; a link to a node on the "
+        "server's own host always goes through it",
+    )
 
 
 class TopologyConfig(_Strict):

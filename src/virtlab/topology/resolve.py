@@ -269,7 +269,9 @@ class _Resolver:
             ok = ok and self._check_nat(link, ends, loc)
             if ok:
                 a_to_b, b_to_a = _impairments(link.impairment)
-                resolved.append(ResolvedLink(ends[0], ends[1], link.state, a_to_b, b_to_a))
+                resolved.append(
+                    ResolvedLink(ends[0], ends[1], link.state, a_to_b, b_to_a, link.relayed)
+                )
         return resolved
 
     def _check_end(self, end: Endpoint, loc: Loc, used: dict[Endpoint, int], position: int) -> bool:

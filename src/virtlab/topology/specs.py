@@ -152,6 +152,7 @@ class ResolvedLink:
     state: LinkState = LinkState.UP
     a_to_b: Impairment = field(default_factory=Impairment)
     b_to_a: Impairment = field(default_factory=Impairment)
+    relayed: bool = False  # between libvirt hosts: through the server, not host to host
 
     @property
     def endpoints(self) -> tuple[Endpoint, Endpoint]:

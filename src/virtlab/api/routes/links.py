@@ -42,6 +42,12 @@ class LinkCreate(BaseModel):
     b: str = Field(examples=["r2:eth1"])
     state: Literal["up", "down"] = "up"
     impairment: Impairment | None = None
+    relayed: bool = Field(
+        False,
+        description="between nodes on libvirt hosts: through the server's relay (capture and "
+        "impair it live) instead of straight from host to host; a link to a node on the "
+        "server's own host always goes through it",
+    )
 
 
 class LinkUpdate(BaseModel):
@@ -59,7 +65,14 @@ class Link(BaseModel):
     state: str
     impairment: dict
     capturing: bool
-    relayed: bool = Field(description="true while it goes through a relay (capture, impairment)")
+    relayed: bool = Field(
+        description="true while a relay in the server carries it (capture, impairment, a node "
+        "on a libvirt host)"
+    )
+    path: Literal["direct", "relayed", "tunnel"] = Field(
+        description="direct: two local nodes, kernel to kernel; relayed: through the server's "
+        "relay; tunnel: UDP straight between two libvirt hosts (stop its nodes to capture it)"
+    )
     readers: int = Field(0, description="live capture streams being read now")
 
 
@@ -71,6 +84,7 @@ def _out(runtime: RuntimeDep, link: LinkRecord) -> Link:
         b=f"{b.name}:eth{link.b_iface}", a_node=a.id, b_node=b.id, state=link.state,
         impairment=link.impairment, capturing=link.capturing,
         relayed=links.relay(link.id) is not None, readers=links.readers(link.id),
+        path=links.path(link),
     )  # fmt: skip
 
 
@@ -83,8 +97,9 @@ def _imp(body: Impairment | None) -> dict | None:
 async def add_link(body: LinkCreate, runtime: RuntimeDep, access: AccessDep) -> Link:
     access.lab(body.lab)
     link = await runtime.links.add(
-        body.lab, body.a, body.b, state=body.state, impairment=_imp(body.impairment)
-    )
+        body.lab, body.a, body.b, state=body.state, impairment=_imp(body.impairment),
+        relayed=body.relayed,
+    )  # fmt: skip
     return _out(runtime, link)
 
 
