@@ -115,6 +115,10 @@ class LibvirtDriver(NodeDriver):
     async def delete_disk(self, spec: NodeSpec) -> None:
         await self.storage.delete_disk(spec.id)
 
+    async def remove_bases(self, doomed: Callable[[str], bool]) -> list[str]:
+        """Delete the bases whose sha256 ``doomed`` dooms and no disk uses (``HostStorage``)."""
+        return await self.storage.remove_bases(doomed)
+
     @property
     def reachable(self) -> bool:
         """Whether the host answers now."""

@@ -16,6 +16,9 @@ Everything goes through libvirt (nothing of virtlab's runs on a host): a storage
   ``<seclabel model='dac' relabel='no'/>`` (:mod:`virtlab.hosts.domain`).
 * **A node's disk** is ``node-<id>.qcow2``, a qcow2 volume with a ``<backingStore>`` on the
   base (constant time, made by the host's qemu-img), or blank. A wipe deletes and recreates it.
+* **Bases go when their image goes** (:meth:`HostStorage.remove_bases`): a base and its seal
+  are deleted when the caller dooms its sha256, unless a volume of the pool is backed by it
+  (the seal first, so a deletion cut short leaves an unsealed base, pushed again if needed).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import re
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -38,6 +43,7 @@ __all__ = ["POOL_NAME", "BaseVolume", "HostStorage", "file_sha256", "qcow2_virtu
 POOL_NAME = "virtlab"
 POOL_PATH = "/var/lib/libvirt/virtlab"
 _CHUNK = 1 << 20
+_BASE = re.compile(r"base-([0-9a-f]{32})\.(?:qcow2|img)")
 
 
 def file_sha256(path: Path) -> str:
@@ -186,6 +192,13 @@ class HostStorage:
             await self.host.call(f"seal {name}", self._upload_bytes, seal_vol, seal)
             return base
 
+    async def remove_bases(self, doomed: Callable[[str], bool]) -> list[str]:
+        """Delete each base (and its seal) whose sha256 ``doomed`` says must go, unless a
+        volume of the pool is backed by it; the names of the bases deleted."""
+        pool = await self.pool()
+        return await self.host.call("delete base images no image uses", _remove_bases, pool,
+                                    doomed)  # fmt: skip
+
     async def _sealed(self, name: str, digest: str, size: int) -> bool:
         seal, vol = await self._lookup(name + ".sha256"), await self._lookup(name)
         if seal is None or vol is None:
@@ -259,3 +272,25 @@ class HostStorage:
 
     async def delete_disk(self, node_id: str) -> None:
         await self._delete(self.disk_name(node_id))
+
+
+def _remove_bases(pool: libvirt.virStoragePool, doomed: Callable[[str], bool]) -> list[str]:
+    pool.refresh(0)
+    volumes = {vol.name(): vol for vol in pool.listAllVolumes(0)}
+    backing = set()
+    for name, vol in volumes.items():
+        if not _BASE.fullmatch(name) and not name.endswith(".sha256"):
+            path = ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
+            if path:
+                backing.add(PurePosixPath(path).name)
+    gone = []
+    for name, vol in sorted(volumes.items()):
+        found = _BASE.fullmatch(name)
+        if found is None or name in backing or not doomed(found[1]):
+            continue
+        seal = volumes.get(name + ".sha256")
+        if seal is not None:
+            seal.delete(0)
+        vol.delete(0)
+        gone.append(name)
+    return gone

@@ -7,6 +7,10 @@ is reached through ``connect(name, uri)``, which the runtime gives only when lib
 installed. A connection is opened at start-up for every host in the table (one that does not
 answer is retried in the background and its nodes are ``unknown``), and at ``host add``.
 
+Each time a host answers (its connection at start-up, ``host add``, a host back after an
+absence), ``after_up`` runs for it: the runtime sweeps from it the base volumes of images
+deleted meanwhile (``services/host_bases.py``).
+
 Placement: a node that names its host goes there; otherwise the policy (``spread``: the host
 with the most room; ``pack``: the one with the least room that still fits) picks among the
 hosts that answer and are not drained. Room is a host's memory less the RAM of every node
@@ -106,6 +110,7 @@ class HostService:
     placement: Literal["spread", "pack"] = "spread"
     open_timeout: float = 30.0
     events: EventBus | None = None
+    after_up: Callable[[str], Awaitable[object]] | None = None  # a host answers (again)
     _reasons: dict[str, str] = field(default_factory=dict)  # host -> why it does not answer
 
     def __post_init__(self) -> None:
@@ -171,6 +176,7 @@ class HostService:
         if facts:
             with self.catalog.session() as session:
                 HostRepository(session).update(record.name, facts=facts, state="up")
+            await self._answered(record.name)
         else:
             self._reasons[record.name] = getattr(driver, "down_reason", "") or "not answering"
             log.warning("host %s does not answer: %s", record.name, self._reasons[record.name])
@@ -178,6 +184,10 @@ class HostService:
     def _attach(self, name: str, driver: NodeDriver) -> None:
         driver.on_host_change = self.host_changed  # type: ignore[attr-defined]
         self.router.add_host(name, driver)
+
+    async def _answered(self, name: str) -> None:
+        if self.after_up is not None:
+            await self.after_up(name)
 
     # -- changes --------------------------------------------------------------------------------
 
@@ -215,6 +225,7 @@ class HostService:
             await driver.close()
             raise
         self._attach(name, driver)
+        await self._answered(name)
         self._publish(name, "added")
         return next(v for v in self.list() if v.record.name == name)
 
@@ -291,6 +302,8 @@ class HostService:
         with self.catalog.session() as session:
             records = NodeRepository(session).on_host(host)
             HostRepository(session).update(host, state="up" if up else "down")
+        if up:  # before the event: whoever waits for it sees the host swept
+            await self._answered(host)
         self._publish(host, "up" if up else "down")
         for record in records:
             state = NodeState(record.state)
