@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -22,6 +24,7 @@ pytest.importorskip(
 )
 
 from support.bootdisk import boot_disk
+from support.console import SerialShell
 from support.fake_peers import short_dir
 from support.libvirt_hosts import LibvirtHost, have_libvirtd
 from support.server import Server
@@ -155,3 +158,176 @@ async def _remove_every_base(host: LibvirtHost) -> list[str]:
         return await HostStorage(conn).remove_bases(lambda _sha: True)
     finally:
         await conn.close()
+
+
+# -- checkpoints of nodes on a libvirt host -------------------------------------------------------
+
+
+def _disk_snapshots(host: LibvirtHost, node: dict) -> list[str]:
+    """The internal snapshots in a node's disk volume, as qemu-img reads the host's file."""
+    disk = host.folder("lib") / "virtlab" / f"node-{node['id']}.qcow2"
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return sorted(s["name"] for s in json.loads(info.stdout).get("snapshots", []))
+
+
+def _last_line(output: str) -> str:
+    return [line.strip() for line in output.splitlines() if line.strip()][-1]
+
+
+async def _shell_ok(shell: SerialShell, command: str) -> str:
+    status, output = await shell.run(command, timeout=120)
+    assert status == 0, (command, output)
+    return output
+
+
+def test_a_remote_node_is_checkpointed_resumed_and_its_checkpoints_deleted(
+    srv: tuple[Server, str], h1: LibvirtHost
+) -> None:
+    """Saved by libvirt into its disk volume, resumed with what the guest had in memory and
+    the console's scrollback of that moment; deleted running and stopped; refusals keep all."""
+    server, image = srv
+    with server.client() as api:
+        node = _node(api, "r1", image, host="h1")
+        ref = f"/api/nodes/{node['id']}"
+        assert api.post(f"{ref}/start").json()["state"] == "running"
+
+    async def before() -> None:
+        shell = await SerialShell.open(server, node)
+        await _shell_ok(shell, "echo kept > /tmp/mark; echo SAVED-SCREEN")
+        await shell.close()
+
+    asyncio.run(before())
+    with server.client() as api:
+        saved = api.post(f"{ref}/checkpoints", json={"tag": "c1"})
+        assert saved.status_code == 201, saved.text
+        row = saved.json()
+        assert row["state"] == "ready" and row["vm_state_size"] > 0, row
+        assert row["machine"].startswith("pc-i440fx-") and row["accel"] == "tcg", row
+        assert api.get(ref).json()["state"] == "running", "it runs on after the save"
+        assert _disk_snapshots(h1, node) == ["c1"]
+        _refused(api.post(f"{ref}/checkpoints", json={"tag": "c1"}), 409, "already", "c1")
+        _refused(api.post(f"{ref}/checkpoints/c1/resume"), 409, "r1 is running", "--force")
+        assert [c["tag"] for c in api.get(f"{ref}/checkpoints").json()] == ["c1"]
+        assert api.post(f"{ref}/suspend").json()["state"] == "suspended"
+        assert api.post(f"{ref}/checkpoints", json={"tag": "c2"}).status_code == 201
+        assert api.get(ref).json()["state"] == "suspended", "a suspended node stays so"
+        assert api.post(f"{ref}/resume").json()["state"] == "running"
+        assert api.delete(f"{ref}/checkpoints/c2").status_code == 204  # while it runs
+        assert _disk_snapshots(h1, node) == ["c1"]
+
+    async def after() -> None:
+        shell = await SerialShell.open(server, node, booted=False)
+        await _shell_ok(shell, "echo spoiled > /tmp/mark; echo SPOILED-SCREEN")
+        await shell.close()
+
+    asyncio.run(after())
+    with server.client() as api:
+        resumed = api.post(f"{ref}/checkpoints/c1/resume", params={"force": "true"})
+        assert resumed.status_code == 200 and resumed.json()["state"] == "running", resumed.text
+
+    async def resumed_guest() -> None:
+        shell = await SerialShell.open(server, node, booted=False)
+        screen = await _shell_ok(shell, "tr a-z A-Z < /tmp/mark")
+        assert _last_line(screen) == "KEPT", f"the guest's memory of the checkpoint: {screen}"
+        assert "SAVED-SCREEN" in screen and "SPOILED-SCREEN" not in screen, "the scrollback"
+        await shell.close()
+
+    asyncio.run(resumed_guest())
+    with server.client() as api:
+        assert api.post(f"{ref}/kill").json()["state"] == "stopped"
+        _refused(api.delete(f"{ref}/checkpoints/nope"), 404, "no checkpoint 'nope'")
+        assert api.delete(f"{ref}/checkpoints/c1").status_code == 204  # stopped: a bare domain
+        assert api.get(f"{ref}/checkpoints").json() == []
+        assert _disk_snapshots(h1, node) == []
+        assert not h1.qemu_pids(), "the domain that opened the disk is gone"
+        assert api.delete(ref).status_code == 204
+
+
+LAB = """
+name: mixed
+topology:
+  defaults: {image: IMAGE, ram_mb: 128}
+  nodes:
+    here: {host: local}
+    there: {host: h1}
+"""
+
+
+def test_a_lab_checkpoint_saves_local_and_remote_nodes_at_one_moment(
+    srv: tuple[Server, str], h1: LibvirtHost
+) -> None:
+    server, image = srv
+    with server.client(timeout=600) as api:
+        made = api.post("/api/labs", json={"topology": LAB.replace("IMAGE", image), "start": True})
+        assert made.status_code == 201, made.text
+        nodes = {n["name"]: n for n in api.get("/api/labs/mixed").json()["node_list"]}
+        assert {n: nodes[n]["host"] for n in nodes} == {"here": "local", "there": "h1"}
+
+    async def mark(word: str, booted: bool) -> None:
+        for name in ("here", "there"):
+            shell = await SerialShell.open(server, nodes[name], booted=booted)
+            await _shell_ok(shell, f"echo {word}-{name} > /tmp/mark")
+            await shell.close()
+
+    asyncio.run(mark("kept", True))
+    with server.client(timeout=600) as api:
+        saved = api.post("/api/labs/mixed/checkpoints", json={"tag": "L1"})
+        assert saved.status_code == 201, saved.text
+        assert saved.json()["state"] == "ready", saved.json()
+        assert _disk_snapshots(h1, nodes["there"]) == ["L1"]
+        states = {n["name"]: n["state"] for n in api.get("/api/labs/mixed").json()["node_list"]}
+        assert states == {"here": "running", "there": "running"}, "they run on after it"
+    asyncio.run(mark("spoiled", False))
+    with server.client(timeout=600) as api:
+        resumed = api.post("/api/labs/mixed/checkpoints/L1/resume", params={"force": "true"})
+        assert resumed.status_code == 200 and resumed.json()["running"] == 2, resumed.text
+
+    async def check() -> None:
+        for name in ("here", "there"):
+            shell = await SerialShell.open(server, nodes[name], booted=False)
+            screen = await _shell_ok(shell, "tr a-z A-Z < /tmp/mark")
+            assert _last_line(screen) == f"KEPT-{name.upper()}", screen
+            await shell.close()
+
+    asyncio.run(check())
+    with server.client(timeout=600) as api:
+        assert api.post("/api/labs/mixed/stop").status_code == 200
+        assert api.delete("/api/labs/mixed/checkpoints/L1").status_code == 204
+        assert _disk_snapshots(h1, nodes["there"]) == []
+        assert api.get("/api/nodes/mixed:here/checkpoints").json() == []
+        assert api.delete("/api/labs/mixed").status_code == 204
+
+
+# -- last in the module: it restarts the module's server ------------------------------------------
+
+
+def test_at_start_up_the_checkpoint_rows_are_made_to_agree_with_the_hosts_disks(
+    srv: tuple[Server, str], h1: LibvirtHost
+) -> None:
+    """A half-saved checkpoint goes from the volume and the catalog; a row whose snapshot left
+    the volume behind the server's back is dropped; a sound one stays and resumes."""
+    server, image = srv
+    with server.client() as api:
+        node = _node(api, "rs", image, host="h1")
+        ref = f"/api/nodes/{node['id']}"
+        assert api.post(f"{ref}/start").json()["state"] == "running"
+        for tag in ("t1", "t2", "t3"):
+            assert api.post(f"{ref}/checkpoints", json={"tag": tag}).status_code == 201
+        assert api.post(f"{ref}/kill").json()["state"] == "stopped"
+    assert h1.daemon is not None  # qemu-img in h1's mount namespace, where the base is
+    disk = f"/var/lib/libvirt/virtlab/node-{node['id']}.qcow2"
+    subprocess.run(["nsenter", "-t", str(h1.daemon.pid), "-m", "qemu-img", "snapshot", "-d", "t2",
+                    disk], check=True)  # fmt: skip
+    with sqlite3.connect(server.data_dir / "catalog.sqlite3", timeout=30) as db:
+        db.execute("UPDATE checkpoints SET state = 'saving' WHERE tag = 't3'")
+    server.stop()
+    server.start()
+    with server.client() as api:
+        kept = api.get(f"{ref}/checkpoints").json()
+        assert [(c["tag"], c["state"]) for c in kept] == [("t1", "ready")]
+        assert _disk_snapshots(h1, node) == ["t1"], "the half-saved t3 left the volume"
+        resumed = api.post(f"{ref}/checkpoints/t1/resume")
+        assert resumed.status_code == 200 and resumed.json()["state"] == "running", resumed.text
+        assert api.post(f"{ref}/kill").json()["state"] == "stopped"
+        assert api.delete(ref).status_code == 204

@@ -266,6 +266,9 @@ class HostStorage:
         vol = await self.host.call(f"create the disk of node {node_id}", pool.createXML, xml, 0)
         return str(await self.host.call("read a volume key", vol.key))
 
+    async def disk_volume(self, node_id: str) -> libvirt.virStorageVol | None:
+        return await self._lookup(self.disk_name(node_id))
+
     async def disk_key(self, node_id: str) -> str | None:
         vol = await self._lookup(self.disk_name(node_id))
         return None if vol is None else str(await self.host.call("read a volume key", vol.key))
