@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
+import tarfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -297,6 +300,88 @@ def test_a_lab_checkpoint_saves_local_and_remote_nodes_at_one_moment(
         assert _disk_snapshots(h1, nodes["there"]) == []
         assert api.get("/api/nodes/mixed:here/checkpoints").json() == []
         assert api.delete("/api/labs/mixed").status_code == 204
+
+
+# -- lab archives carry the disks of nodes on hosts -----------------------------------------------
+
+ARCHIVED = """
+name: arc
+topology:
+  defaults: {image: IMAGE, ram_mb: 128}
+  nodes:
+    near: {host: local}
+    far: {host: h1}
+"""
+# The test disk is a 48 MiB FAT image whose files sit at its start: MiB 40 is free space.
+WRITE = "dd if=/dev/urandom of=/dev/vda bs=1M count=1 seek=40 2>/dev/null && sync"
+READ = "echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=1M count=1 skip=40 | md5sum"
+
+
+async def _md5(server: Server, node: dict, *, write: bool, booted: bool) -> str:
+    shell = await SerialShell.open(server, node, booted=booted)
+    try:
+        if write:
+            await _shell_ok(shell, WRITE)
+        found = re.search(r"\b([0-9a-f]{32})\s+-", await _shell_ok(shell, READ))
+        assert found
+        return found[1]
+    finally:
+        await shell.close()
+
+
+def test_a_lab_archive_carries_a_remote_disk_and_its_checkpoint_back_to_the_host(
+    srv: tuple[Server, str], h1: LibvirtHost, tmp_path: Path
+) -> None:
+    """Exported: the node's volume downloaded into the archive as a local overlay is stored;
+    imported: uploaded over a fresh volume on h1, where the guest reads what it wrote."""
+    server, image = srv
+    with server.client(timeout=600) as api:
+        body = {"topology": ARCHIVED.replace("IMAGE", image), "start": True}
+        assert api.post("/api/labs", json=body).status_code == 201
+        far = api.get("/api/nodes/arc:far").json()
+        assert far["host"] == "h1"
+    written = asyncio.run(_md5(server, far, write=True, booted=True))
+    with server.client(timeout=600) as api:
+        assert api.post("/api/nodes/arc:far/checkpoints", json={"tag": "w"}).status_code == 201
+        refused = api.get("/api/labs/arc/archive")
+        _refused(refused, 409, "must be stopped", "virtlab lab stop arc")
+        assert api.post("/api/labs/arc/stop").status_code == 200
+        got = api.get("/api/labs/arc/archive")
+        assert got.status_code == 200, got.text
+    archive = tmp_path / "arc.tar"
+    archive.write_bytes(got.content)
+    with tarfile.open(archive) as tar:
+        tar.extract("nodes/far.qcow2", tmp_path, filter="data")
+    copy = tmp_path / "nodes" / "far.qcow2"
+    argv = ["qemu-img", "info", "--output=json", str(copy)]
+    info = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    assert info["backing-filename"] == f"{_sha256_of(server, image)}.qcow2", "the placeholder"
+    assert [s["name"] for s in info.get("snapshots", [])] == ["w"]
+
+    with server.client(timeout=600) as api:
+        done = api.post("/api/labs/import", params={"name": "arc2"}, content=archive.read_bytes(),
+                        headers={"content-type": "application/x-tar"})  # fmt: skip
+        assert done.status_code == 201, done.text
+        far2 = api.get("/api/nodes/arc2:far").json()
+        assert far2["host"] == "h1", "it lands on the host its lab file names"
+        assert [c["tag"] for c in api.get("/api/nodes/arc2:far/checkpoints").json()] == ["w"]
+        assert _disk_snapshots(h1, far2) == ["w"]
+        assert api.post("/api/nodes/arc2:far/start").json()["state"] == "running"
+    assert asyncio.run(_md5(server, far2, write=False, booted=True)) == written
+    with server.client(timeout=600) as api:
+        resumed = api.post("/api/nodes/arc2:far/checkpoints/w/resume", params={"force": "true"})
+        assert resumed.status_code == 200, resumed.text
+    assert asyncio.run(_md5(server, far2, write=False, booted=False)) == written
+    with server.client(timeout=600) as api:
+        for lab in ("arc", "arc2"):
+            assert api.post(f"/api/labs/{lab}/stop").status_code == 200
+            assert api.delete(f"/api/labs/{lab}").status_code == 204
+    assert not list((h1.folder("lib") / "virtlab").glob("node-*")), "their volumes went"
+
+
+def _sha256_of(server: Server, image: str) -> str:
+    with server.client() as api:
+        return str(api.get(f"/api/images/{image}").json()["sha256"])
 
 
 # -- last in the module: it restarts the module's server ------------------------------------------

@@ -14,8 +14,10 @@ Everything goes through libvirt (nothing of virtlab's runs on a host): a storage
 * **Bases are never re-owned or written.** The volume is created mode 0644 in a 0755 pool, so
   QEMU (``libvirt-qemu`` on Debian) reads it as it is; domains name it with
   ``<seclabel model='dac' relabel='no'/>`` (:mod:`virtlab.hosts.domain`).
-* **A node's disk** is ``node-<id>.qcow2``, a qcow2 volume with a ``<backingStore>`` on the
+* **A node's disk** is ``node-<id>.qcow2``, a qcow2 (v3) volume with a ``<backingStore>`` on the
   base (constant time, made by the host's qemu-img), or blank. A wipe deletes and recreates it.
+  A lab archive downloads it as it is, and uploads an archived one over a fresh one
+  (``download_disk``, ``upload_disk``).
 * **Bases go when their image goes** (:meth:`HostStorage.remove_bases`): a base and its seal
   are deleted when the caller dooms its sha256, unless a volume of the pool is backed by it
   (the seal first, so a deletion cut short leaves an unsealed base, pushed again if needed).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import os
 import re
 import struct
 import xml.etree.ElementTree as ET
@@ -82,6 +85,8 @@ def _volume_xml(name: str, capacity: int, fmt: str, mode: str = "0644",
     ET.SubElement(vol, "allocation", unit="bytes").text = "0"
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type=fmt)
+    if fmt == "qcow2":  # libvirt makes qcow2 v2 (0.10) unless told: v3, as local disks are
+        ET.SubElement(target, "compat").text = "1.1"
     perms = ET.SubElement(target, "permissions")
     ET.SubElement(perms, "mode").text = mode
     if backing is not None:
@@ -276,9 +281,49 @@ class HostStorage:
     async def delete_disk(self, node_id: str) -> None:
         await self._delete(self.disk_name(node_id))
 
+    async def download_disk(self, node_id: str, dest: Path) -> None:
+        """The node's disk volume, byte for byte, into the local file ``dest``."""
+        vol = await self._lookup(self.disk_name(node_id))
+        if vol is None:
+            raise HostFailure(f"node {node_id} has no disk on host {self.host.name}; wipe it to "
+                              "make one", self.host.name)  # fmt: skip
+        await self.host.call(f"download the disk of node {node_id}", self._download_file, vol,
+                             dest)  # fmt: skip
+
+    async def upload_disk(self, node_id: str, source: Path) -> None:
+        """Write the local qcow2 ``source`` over the node's disk volume, whose size, format and
+        backing file libvirt keeps as they were made (``source`` must be backed by the same
+        base, named by its path on this host: :meth:`disk_backing`). Padded with zeros to at
+        least the volume's length, since an upload writes over a file without truncating it."""
+        vol = await self._lookup(self.disk_name(node_id))
+        if vol is None:
+            raise HostFailure(f"node {node_id} has no disk on host {self.host.name} to write "
+                              "to", self.host.name)  # fmt: skip
+        flags = libvirt.VIR_STORAGE_VOL_GET_PHYSICAL
+        physical = (await self.host.call("look at a disk", vol.infoFlags, flags))[2]
+        if source.stat().st_size < physical:
+            await asyncio.to_thread(os.truncate, source, physical)
+        size = source.stat().st_size
+        await self.host.call(f"upload the disk of node {node_id}", self._upload_file, vol,
+                             source, size)  # fmt: skip
+
+    async def disk_backing(self, node_id: str) -> str | None:
+        """The path on this host of the base the node's disk volume is backed by."""
+        vol = await self._lookup(self.disk_name(node_id))
+        if vol is None:
+            return None
+        xml = await self.host.call("read a volume", vol.XMLDesc, 0)
+        return ET.fromstring(xml).findtext("backingStore/path")
+
+    def _download_file(self, vol: libvirt.virStorageVol, dest: Path) -> None:
+        stream = self.host.conn.newStream(0)
+        vol.download(stream, 0, 0, 0)
+        with dest.open("wb") as f:
+            stream.recvAll(lambda _s, buf, out: out.write(buf), f)
+        stream.finish()
+
 
 def _remove_bases(pool: libvirt.virStoragePool, doomed: Callable[[str], bool]) -> list[str]:
-    pool.refresh(0)
     volumes = {vol.name(): vol for vol in pool.listAllVolumes(0)}
     backing = set()
     for name, vol in volumes.items():
