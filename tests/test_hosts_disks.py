@@ -345,6 +345,7 @@ def test_a_lab_archive_carries_a_remote_disk_and_its_checkpoint_back_to_the_host
         assert api.post("/api/nodes/arc:far/checkpoints", json={"tag": "w"}).status_code == 201
         refused = api.get("/api/labs/arc/archive")
         _refused(refused, 409, "must be stopped", "virtlab lab stop arc")
+        assert not list((server.data_dir / "staging").iterdir()), "no copy left behind"
         assert api.post("/api/labs/arc/stop").status_code == 200
         got = api.get("/api/labs/arc/archive")
         assert got.status_code == 200, got.text
@@ -358,9 +359,17 @@ def test_a_lab_archive_carries_a_remote_disk_and_its_checkpoint_back_to_the_host
     assert info["backing-filename"] == f"{_sha256_of(server, image)}.qcow2", "the placeholder"
     assert [s["name"] for s in info.get("snapshots", [])] == ["w"]
 
+    volumes = set((h1.folder("lib") / "virtlab").glob("node-*"))
     with server.client(timeout=600) as api:
-        done = api.post("/api/labs/import", params={"name": "arc2"}, content=archive.read_bytes(),
-                        headers={"content-type": "application/x-tar"})  # fmt: skip
+        assert api.post("/api/hosts/h1/drain", json={}).json()["drained"]
+        tar = {"content": archive.read_bytes(), "headers": {"content-type": "application/x-tar"}}
+        refused = api.post("/api/labs/import", params={"name": "arc2"}, **tar)
+        _refused(refused, 409, "host h1 is drained")
+        assert api.get("/api/labs/arc2").status_code == 404, "no lab is kept"
+        assert set((h1.folder("lib") / "virtlab").glob("node-*")) == volumes, "nor a volume"
+        assert not list((server.data_dir / "staging").iterdir())
+        api.post("/api/hosts/h1/drain", json={"drained": False})
+        done = api.post("/api/labs/import", params={"name": "arc2"}, **tar)
         assert done.status_code == 201, done.text
         far2 = api.get("/api/nodes/arc2:far").json()
         assert far2["host"] == "h1", "it lands on the host its lab file names"
