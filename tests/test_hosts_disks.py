@@ -347,6 +347,11 @@ def test_a_lab_archive_carries_a_remote_disk_and_its_checkpoint_back_to_the_host
         _refused(refused, 409, "must be stopped", "virtlab lab stop arc")
         assert not list((server.data_dir / "staging").iterdir()), "no copy left behind"
         assert api.post("/api/labs/arc/stop").status_code == 200
+        # As an older server left it: libvirt's default qcow2 v2 (the export makes it v3).
+        assert h1.daemon is not None
+        subprocess.run(["nsenter", "-t", str(h1.daemon.pid), "-m", "qemu-img", "amend", "-o",
+                        "compat=0.10", f"/var/lib/libvirt/virtlab/node-{far['id']}.qcow2"],
+                       check=True)  # fmt: skip
         got = api.get("/api/labs/arc/archive")
         assert got.status_code == 200, got.text
     archive = tmp_path / "arc.tar"
@@ -358,6 +363,7 @@ def test_a_lab_archive_carries_a_remote_disk_and_its_checkpoint_back_to_the_host
     info = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
     assert info["backing-filename"] == f"{_sha256_of(server, image)}.qcow2", "the placeholder"
     assert [s["name"] for s in info.get("snapshots", [])] == ["w"]
+    assert info["format-specific"]["data"]["compat"] == "1.1"
 
     volumes = set((h1.folder("lib") / "virtlab").glob("node-*"))
     with server.client(timeout=600) as api:

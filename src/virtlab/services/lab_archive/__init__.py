@@ -137,7 +137,7 @@ class LabArchiver:
         try:
             remote = [n for n in nodes if n.host != LOCAL_HOST]
             for node in remote:  # a libvirt host's: downloaded through libvirt
-                await hosted.fetch(self.nodes, node, work / f"{node.name}.qcow2")
+                await hosted.fetch(self.nodes, self.qemu_img, node, work / f"{node.name}.qcow2")
             copies = await asyncio.to_thread(
                 disks.copy_disks, self.qemu_img, self.nodes.nodes_dir, nodes, bases, work,
                 frozenset(n.name for n in remote),
