@@ -406,7 +406,8 @@ def test_at_start_up_the_checkpoint_rows_are_made_to_agree_with_the_hosts_disks(
     srv: tuple[Server, str], h1: LibvirtHost
 ) -> None:
     """A half-saved checkpoint goes from the volume and the catalog; a row whose snapshot left
-    the volume behind the server's back is dropped; a sound one stays and resumes."""
+    the volume behind the server's back is dropped; a sound one stays and resumes. A host that
+    does not answer at start-up is reconciled when it answers."""
     server, image = srv
     with server.client() as api:
         node = _node(api, "rs", image, host="h1")
@@ -429,5 +430,20 @@ def test_at_start_up_the_checkpoint_rows_are_made_to_agree_with_the_hosts_disks(
         assert _disk_snapshots(h1, node) == ["t1"], "the half-saved t3 left the volume"
         resumed = api.post(f"{ref}/checkpoints/t1/resume")
         assert resumed.status_code == 200 and resumed.json()["state"] == "running", resumed.text
+        assert api.post(f"{ref}/checkpoints", json={"tag": "t4"}).status_code == 201
         assert api.post(f"{ref}/kill").json()["state"] == "stopped"
+    # Again with t4 half-saved, and h1 not answering when the server starts: its rows wait.
+    with sqlite3.connect(server.data_dir / "catalog.sqlite3", timeout=30) as db:
+        db.execute("UPDATE checkpoints SET state = 'saving' WHERE tag = 't4'")
+    server.stop()
+    h1.stop_daemon()
+    server.start()
+    with server.client() as api:
+        kept = api.get(f"{ref}/checkpoints").json()
+        assert [(c["tag"], c["state"]) for c in kept] == [("t1", "ready"), ("t4", "saving")]
+    _watch(server, h1.start_daemon, _host_is("h1", "up"))
+    with server.client() as api:
+        kept = api.get(f"{ref}/checkpoints").json()
+        assert [(c["tag"], c["state"]) for c in kept] == [("t1", "ready")], "reconciled"
+        assert _disk_snapshots(h1, node) == ["t1"]
         assert api.delete(ref).status_code == 204

@@ -162,6 +162,7 @@ class Runtime:
         )  # fmt: skip
         runtime.host_bases = HostBases(catalog, router, timeout=settings.host_open_timeout)
         runtime.hosts.after_up = runtime.host_bases.sweep
+        runtime.hosts.after_back = runtime.checkpoints.reconcile
         images.users_of = runtime._image_users
         return runtime
 

@@ -9,7 +9,9 @@ answer is retried in the background and its nodes are ``unknown``), and at ``hos
 
 Each time a host answers (its connection at start-up, ``host add``, a host back after an
 absence), ``after_up`` runs for it: the runtime sweeps from it the base volumes of images
-deleted meanwhile (``services/host_bases.py``).
+deleted meanwhile (``services/host_bases.py``). When a host answers again (not at start-up,
+where the runtime does it for every host once the nodes are adopted), ``after_back`` runs
+once its nodes are re-adopted: the checkpoint rows of its nodes are reconciled.
 
 Placement: a node that names its host goes there; otherwise the policy (``spread``: the host
 with the most room; ``pack``: the one with the least room that still fits) picks among the
@@ -111,6 +113,7 @@ class HostService:
     open_timeout: float = 30.0
     events: EventBus | None = None
     after_up: Callable[[str], Awaitable[object]] | None = None  # a host answers (again)
+    after_back: Callable[[str], Awaitable[object]] | None = None  # …again, its nodes adopted
     _reasons: dict[str, str] = field(default_factory=dict)  # host -> why it does not answer
 
     def __post_init__(self) -> None:
@@ -302,9 +305,8 @@ class HostService:
         with self.catalog.session() as session:
             records = NodeRepository(session).on_host(host)
             HostRepository(session).update(host, state="up" if up else "down")
-        if up:  # before the event: whoever waits for it sees the host swept
-            await self._answered(host)
-        self._publish(host, "up" if up else "down")
+        if not up:
+            self._publish(host, "down")
         for record in records:
             state = NodeState(record.state)
             if not up and record.id in node_ids:
@@ -315,3 +317,8 @@ class HostService:
                 await self.nodes.set_state(record.id, self.router.state(record.id), "")
             elif up and state is NodeState.UNKNOWN:
                 await self.nodes.adopt_one(record, "it ended while its host did not answer")
+        if up:  # then the event: whoever waits for it sees the host swept and reconciled
+            await self._answered(host)
+            if self.after_back is not None:
+                await self.after_back(host)
+            self._publish(host, "up")

@@ -15,9 +15,9 @@ lab resumes all its nodes or none. A checkpoint QEMU cannot load
 running and the node still boots from its disk.
 
 Crash safety: a row is ``saving`` before QEMU saves and ``ready`` after; it is ``deleting``
-before the snapshot goes. :meth:`CheckpointService.reconcile` (at start-up) compares the rows
-with what each disk holds: half-saved and half-deleted checkpoints are removed, rows whose
-snapshot is gone are dropped.
+before the snapshot goes. :meth:`CheckpointService.reconcile` (at start-up, and for the nodes
+of a libvirt host that answers again) compares the rows with what each disk holds: half-saved
+and half-deleted checkpoints are removed, rows whose snapshot is gone are dropped.
 """
 
 from __future__ import annotations
@@ -289,28 +289,38 @@ class CheckpointService(CheckpointBook):
 
     # -- start-up -----------------------------------------------------------------------------
 
-    async def reconcile(self) -> None:
-        """Make the rows agree with the disks after a restart (see the module's doc)."""
+    async def reconcile(self, host: str | None = None) -> None:
+        """Make the rows agree with the disks after a restart (see the module's doc); only
+        of the nodes on ``host`` when given (a libvirt host that answers again)."""
         by_node: dict[str, list[CheckpointRecord]] = defaultdict(list)
         for row in self.all_rows():
             by_node[row.node_id].append(row)
         for node_id, rows in by_node.items():
-            try:
-                node = self.nodes.get(node_id)
-                held = await self.driver.checkpoints(self.nodes.spec(node))
-            except VirtlabError as exc:
-                log.warning("node %s: its checkpoints cannot be read: %s", node_id, exc)
+            async with self.nodes.holding(node_id):  # a save or deletion under way finishes
+                await self._reconcile_node(node_id, rows, host)
+
+    async def _reconcile_node(
+        self, node_id: str, rows: list[CheckpointRecord], host: str | None
+    ) -> None:
+        try:
+            node = self.nodes.get(node_id)
+            if host is not None and node.host != host:
+                return
+            held = await self.driver.checkpoints(self.nodes.spec(node))
+        except VirtlabError as exc:
+            log.warning("node %s: its checkpoints cannot be read: %s", node_id, exc)
+            return
+        rows = [r for r in self.of_node(node_id) if r.id in {x.id for x in rows}]  # current
+        for row in rows:
+            if row.state == READY and row.tag in held:
                 continue
-            for row in rows:
-                if row.state == READY and row.tag in held:
-                    continue
-                why = (f"was {row.state} when the server stopped" if row.state != READY
-                       else "is no longer in its disk")  # fmt: skip
-                log.warning("node %s: checkpoint %s %s; removed", node.name, row.tag, why)
-                try:
-                    await self._remove(node, row)
-                except VirtlabError as exc:
-                    log.warning("node %s: checkpoint %s: %s", node.name, row.tag, exc)
+            why = (f"was {row.state} when the server stopped" if row.state != READY
+                   else "is no longer in its disk")  # fmt: skip
+            log.warning("node %s: checkpoint %s %s; removed", node.name, row.tag, why)
+            try:
+                await self._remove(node, row)
+            except VirtlabError as exc:
+                log.warning("node %s: checkpoint %s: %s", node.name, row.tag, exc)
 
     # -- events -------------------------------------------------------------------------------
 
