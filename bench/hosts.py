@@ -14,6 +14,7 @@ push protocol, not of a wire.
   Ratio: push time / ``cp`` time.
 
 Run: ``python -m bench.hosts [--push-mib 1024] [--runs 3]`` (needs root, libvirtd, virtlogd).
+The push is 1 GiB unless ``--push-mib`` says less (``tests/test_bench_hosts_smoke.py``: 8).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def bench_hosts(workdir: Path, *, runs: int, push_size: int, env: dict[str, str]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hosts", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--push-mib", type=int, default=1024)
+    parser.add_argument("--push-mib", type=int, default=1024, help="MiB pushed [1024]")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="vb-", dir=args.workdir) as tmp:

@@ -3,9 +3,9 @@
 The contract's own test functions (``tests/test_node_driver_contract.py``) are imported and run
 here with a ``harness`` fixture of this module: a :class:`LibvirtDriver` on host ``h1`` (a
 libvirtd on 127.0.0.1 in its own mount namespace, ``tests/support/libvirt_hosts.py``). Its
-parametrisation is left alone while the checkpoint work changes the interface; the tests that
-need a local disk file or checkpoints are replaced by libvirt versions below (the disk is a
-volume on the host; checkpoints are not offered on hosts yet).
+parametrisation is left alone; the tests that need a local disk file are replaced by libvirt
+versions below (the disk is a volume on the host). Checkpoints (internal snapshots in that
+volume, ``virtlab.hosts.snapshots``) run the contract's own tests.
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ from support.libvirt_hosts import LibvirtHost, have_libvirtd  # noqa: E402
 from support.qimg import convert  # noqa: E402
 from test_node_driver_contract import (  # noqa: E402, F401  (run here, with this harness)
     Harness,
+    test_a_checkpoint_resumes_the_machine_as_it_was,
+    test_a_checkpoint_that_cannot_be_loaded_fails_the_start_but_not_a_cold_one,
     test_a_guest_that_ignores_the_button_is_stopped_hard,
     test_a_new_driver_adopts_a_running_machine,
     test_a_second_start_is_refused,
+    test_a_suspended_machine_stays_suspended_and_a_tag_is_taken_once,
     test_actions_on_a_machine_that_does_not_run_are_refused,
+    test_checkpoints_are_deleted_running_or_not_and_a_new_disk_has_none,
     test_dying_on_its_own_is_a_crash,
     test_kill_is_a_stop_not_a_crash,
     test_nothing_to_adopt_when_the_machine_is_gone,
@@ -134,12 +138,3 @@ async def test_a_wipe_replaces_the_disk(harness: Harness, tmp_path: Path, base: 
         await driver.start(spec)
     await driver.create_disk(spec, base, None)
     assert await driver.disk_key(spec) == key and on_host.exists(), "the same name, a new file"
-
-
-async def test_checkpoints_are_refused_on_a_host(
-    harness: Harness, tmp_path: Path, base: Path
-) -> None:
-    spec = await contract._running(harness, _spec(tmp_path), base)
-    with pytest.raises(Conflict, match="not supported yet"):
-        await harness.driver.checkpoint(spec.id, "t1")
-    assert await harness.driver.checkpoints(spec) == {}

@@ -37,6 +37,7 @@ from virtlab.services.checkpoints import CheckpointService
 from virtlab.services.consoles import ConsoleManager
 from virtlab.services.deploy_intents import DeployIntents
 from virtlab.services.events import EventBus
+from virtlab.services.host_bases import HostBases
 from virtlab.services.hosts import Connector, HostService
 from virtlab.services.image_scan import BaseScanner
 from virtlab.services.images import ImageService
@@ -68,6 +69,7 @@ class Runtime:
     checkpoints: CheckpointService = None  # type: ignore[assignment]
     users: UserService = None  # type: ignore[assignment]
     hosts: HostService = None  # type: ignore[assignment]
+    host_bases: HostBases = None  # type: ignore[assignment]
     boot_tests: BootTester | None = None
     accel_verdict: AccelVerdict | None = None
     loop_watch: LoopWatch | None = None
@@ -162,6 +164,9 @@ class Runtime:
             connect=_libvirt_connector(settings.accel), placement=settings.placement,
             open_timeout=settings.host_open_timeout, events=events,
         )  # fmt: skip
+        runtime.host_bases = HostBases(catalog, router, timeout=settings.host_open_timeout)
+        runtime.hosts.after_up = runtime.host_bases.sweep
+        runtime.hosts.after_back = runtime.checkpoints.reconcile
         images.users_of = runtime._image_users
         return runtime
 

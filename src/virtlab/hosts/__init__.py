@@ -8,7 +8,8 @@ URI (``qemu+tls://``, ``qemu+ssh://``, ``qemu+tcp://`` for tests) through ``libv
 | --- | --- |
 | ``connection`` | a kept-open connection per host: events, keepalive, reconnecting, facts |
 | ``domain`` | pure functions: ``NodeSpec`` + where it lands → domain XML (golden tests) |
-| ``volumes`` | the ``virtlab`` pool: bases pushed once and sealed by sha256, node overlays |
+| ``volumes`` | the ``virtlab`` pool: bases (pushed once, sealed by sha256), node overlays |
+| ``snapshots`` | checkpoints: internal snapshots in a node's disk volume, saved, listed, deleted |
 | ``driver`` | ``LibvirtDriver``: start paused → console → run; ends by events; re-adoption |
 | ``machine`` | what the driver keeps per node; how a domain's end is read |
 | ``console`` | the console stream served on the node's local ``serial.sock`` for the hub |

@@ -20,6 +20,8 @@ offers come in as a :class:`Placement`. ``tests/test_libvirt_domain.py`` holds g
   the host that keeps everything the guest printed, whoever was attached.
 * VNC listens on the host's management address (a domain's VNC socket can be handed over only
   on a local connection); the server proxies it.
+* A node resumed from a checkpoint gets ``-loadvm TAG`` as a ``<qemu:commandline>`` argument,
+  as a local node does (:mod:`virtlab.hosts.snapshots`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from virtlab.nodes.qemu.argv import (
     DISK_SLOT,
     FIRST_NIC_SLOT,
     check_extra_args,
+    checkpoint_args,
     validate_spec,
 )
 from virtlab.nodes.spec import Accel, DiskBus, NicModel, NicSpec, NodeSpec
@@ -252,7 +255,7 @@ def _metadata(spec: NodeSpec) -> ET.Element:
 def build_domain_xml(spec: NodeSpec, place: Placement) -> str:
     """The whole domain for ``spec`` at ``place``; raises :class:`InvalidRequest` on a bad spec."""
     validate_spec(spec)
-    extra = check_extra_args(spec.extra_args)
+    extra = [*check_extra_args(spec.extra_args), *checkpoint_args(spec)]
     accel = Accel(spec.accel)
     dom = ET.Element("domain", type="kvm" if accel is Accel.KVM else "qemu")
     _sub(dom, "name", domain_name(spec.id))

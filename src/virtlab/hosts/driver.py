@@ -18,7 +18,10 @@ driver, the local host keeping :class:`virtlab.nodes.qemu.driver.QemuDriver`)::
   ended while we could not see it and is reported ``crashed`` (``stopped`` if we had asked).
 * Consoles: :class:`~virtlab.hosts.console.ConsoleBridge` at ``spec.paths.serial`` and
   :class:`~virtlab.hosts.vnc.VncBridge` at ``spec.paths.vnc``, so the console service works
-  unchanged. Checkpoints are not offered on libvirt hosts yet (phase 2: libvirt snapshots).
+  unchanged.
+* Checkpoints are internal snapshots in the node's disk volume (:mod:`virtlab.hosts.snapshots`):
+  saved by libvirt, resumed by a start with ``spec.loadvm``, listed and deleted whether the
+  domain runs or not.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path, PurePosixPath
 import libvirt
 
 from virtlab.errors import Conflict
+from virtlab.hosts import snapshots
 from virtlab.hosts.connection import HostConnection, HostStatus
 from virtlab.hosts.console import ConsoleBridge
 from virtlab.hosts.domain import Placement, build_domain_xml, domain_name, link_state_xml
@@ -115,6 +119,10 @@ class LibvirtDriver(NodeDriver):
     async def delete_disk(self, spec: NodeSpec) -> None:
         await self.storage.delete_disk(spec.id)
 
+    async def remove_bases(self, doomed: Callable[[str], bool]) -> list[str]:
+        """Delete the bases whose sha256 ``doomed`` dooms and no disk uses (``HostStorage``)."""
+        return await self.storage.remove_bases(doomed)
+
     @property
     def reachable(self) -> bool:
         """Whether the host answers now."""
@@ -173,11 +181,6 @@ class LibvirtDriver(NodeDriver):
     async def start(self, spec: NodeSpec) -> None:
         if spec.id in self._machines:
             raise Conflict(f"node {spec.name} already runs")
-        if spec.loadvm is not None:
-            raise Conflict(
-                f"node {spec.name} is on host {self.host.name}: checkpoints of nodes "
-                "on libvirt hosts are not supported yet; start it without one"
-            )
         spec = replace(spec, accel=await self._accel())
         xml = build_domain_xml(spec, await self._placement(spec))
         conn = self.host.conn
@@ -314,17 +317,30 @@ class LibvirtDriver(NodeDriver):
                 return
         raise Conflict(f"node {machine.spec.name} has no eth{index}")
 
-    # -- checkpoints: not on libvirt hosts yet --------------------------------------------------
+    # -- checkpoints: internal snapshots in the disk volume (hosts/snapshots.py) ----------------
 
     async def checkpoint(self, node_id: str, tag: str) -> SavedState:
-        raise Conflict(f"node {node_id} is on host {self.host.name}: checkpoints of nodes on "
-                       "libvirt hosts are not supported yet")  # fmt: skip
+        machine = self._get(node_id)
+        return await snapshots.save(self.host, machine.dom, machine.spec.name, tag)
 
     async def checkpoints(self, spec: NodeSpec) -> dict[str, int]:
-        return {}
+        machine = self._machines.get(spec.id)
+        if machine is not None:
+            return await snapshots.running_snapshots(self.host, machine.dom, spec.name)
+        vol = await self.storage.disk_volume(spec.id)
+        return {} if vol is None else await snapshots.volume_snapshots(self.host, vol, spec.name)
 
     async def delete_checkpoint(self, spec: NodeSpec, tag: str) -> None:
-        raise Conflict(f"node {spec.name} is on host {self.host.name}, which has no checkpoints")
+        machine = self._machines.get(spec.id)
+        if machine is not None:
+            await snapshots.delete(self.host, machine.dom, spec.name, tag)
+            return
+        bare = replace(spec, nics=(), serial=False, vnc=False, cdrom=None, loadvm=None,
+                       uuid=None, extra_args=(), accel=await self._accel())  # fmt: skip
+        root = ET.fromstring(build_domain_xml(bare, await self._placement(bare)))
+        root.find("name").text = f"{domain_name(spec.id)}-disk"  # type: ignore[union-attr]
+        await snapshots.delete_stopped(self.host, ET.tostring(root, encoding="unicode"),
+                                       spec.name, tag)  # fmt: skip
 
     # -- adoption and the host's comings and goings ---------------------------------------------
 

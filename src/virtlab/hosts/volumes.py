@@ -14,8 +14,13 @@ Everything goes through libvirt (nothing of virtlab's runs on a host): a storage
 * **Bases are never re-owned or written.** The volume is created mode 0644 in a 0755 pool, so
   QEMU (``libvirt-qemu`` on Debian) reads it as it is; domains name it with
   ``<seclabel model='dac' relabel='no'/>`` (:mod:`virtlab.hosts.domain`).
-* **A node's disk** is ``node-<id>.qcow2``, a qcow2 volume with a ``<backingStore>`` on the
+* **A node's disk** is ``node-<id>.qcow2``, a qcow2 (v3) volume with a ``<backingStore>`` on the
   base (constant time, made by the host's qemu-img), or blank. A wipe deletes and recreates it.
+  A lab archive downloads it as it is, and uploads an archived one over a fresh one
+  (``download_disk``, ``upload_disk``).
+* **Bases go when their image goes** (:meth:`HostStorage.remove_bases`): a base and its seal
+  are deleted when the caller dooms its sha256, unless a volume of the pool is backed by it
+  (the seal first, so a deletion cut short leaves an unsealed base, pushed again if needed).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import os
+import re
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -38,6 +46,7 @@ __all__ = ["POOL_NAME", "BaseVolume", "HostStorage", "file_sha256", "qcow2_virtu
 POOL_NAME = "virtlab"
 POOL_PATH = "/var/lib/libvirt/virtlab"
 _CHUNK = 1 << 20
+_BASE = re.compile(r"base-([0-9a-f]{32})\.(?:qcow2|img)")
 
 
 def file_sha256(path: Path) -> str:
@@ -76,6 +85,8 @@ def _volume_xml(name: str, capacity: int, fmt: str, mode: str = "0644",
     ET.SubElement(vol, "allocation", unit="bytes").text = "0"
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type=fmt)
+    if fmt == "qcow2":  # libvirt makes qcow2 v2 (0.10) unless told: v3, as local disks are
+        ET.SubElement(target, "compat").text = "1.1"
     perms = ET.SubElement(target, "permissions")
     ET.SubElement(perms, "mode").text = mode
     if backing is not None:
@@ -186,6 +197,13 @@ class HostStorage:
             await self.host.call(f"seal {name}", self._upload_bytes, seal_vol, seal)
             return base
 
+    async def remove_bases(self, doomed: Callable[[str], bool]) -> list[str]:
+        """Delete each base (and its seal) whose sha256 ``doomed`` says must go, unless a
+        volume of the pool is backed by it; the names of the bases deleted."""
+        pool = await self.pool()
+        return await self.host.call("delete base images no image uses", _remove_bases, pool,
+                                    doomed)  # fmt: skip
+
     async def _sealed(self, name: str, digest: str, size: int) -> bool:
         seal, vol = await self._lookup(name + ".sha256"), await self._lookup(name)
         if seal is None or vol is None:
@@ -253,9 +271,74 @@ class HostStorage:
         vol = await self.host.call(f"create the disk of node {node_id}", pool.createXML, xml, 0)
         return str(await self.host.call("read a volume key", vol.key))
 
+    async def disk_volume(self, node_id: str) -> libvirt.virStorageVol | None:
+        return await self._lookup(self.disk_name(node_id))
+
     async def disk_key(self, node_id: str) -> str | None:
         vol = await self._lookup(self.disk_name(node_id))
         return None if vol is None else str(await self.host.call("read a volume key", vol.key))
 
     async def delete_disk(self, node_id: str) -> None:
         await self._delete(self.disk_name(node_id))
+
+    async def download_disk(self, node_id: str, dest: Path) -> None:
+        """The node's disk volume, byte for byte, into the local file ``dest``."""
+        vol = await self._lookup(self.disk_name(node_id))
+        if vol is None:
+            raise HostFailure(f"node {node_id} has no disk on host {self.host.name}; wipe it to "
+                              "make one", self.host.name)  # fmt: skip
+        await self.host.call(f"download the disk of node {node_id}", self._download_file, vol,
+                             dest)  # fmt: skip
+
+    async def upload_disk(self, node_id: str, source: Path) -> None:
+        """Write the local qcow2 ``source`` over the node's disk volume, whose size, format and
+        backing file libvirt keeps as they were made (``source`` must be backed by the same
+        base, named by its path on this host: :meth:`disk_backing`). Padded with zeros to at
+        least the volume's length, since an upload writes over a file without truncating it."""
+        vol = await self._lookup(self.disk_name(node_id))
+        if vol is None:
+            raise HostFailure(f"node {node_id} has no disk on host {self.host.name} to write "
+                              "to", self.host.name)  # fmt: skip
+        flags = libvirt.VIR_STORAGE_VOL_GET_PHYSICAL
+        physical = (await self.host.call("look at a disk", vol.infoFlags, flags))[2]
+        if source.stat().st_size < physical:
+            await asyncio.to_thread(os.truncate, source, physical)
+        size = source.stat().st_size
+        await self.host.call(f"upload the disk of node {node_id}", self._upload_file, vol,
+                             source, size)  # fmt: skip
+
+    async def disk_backing(self, node_id: str) -> str | None:
+        """The path on this host of the base the node's disk volume is backed by."""
+        vol = await self._lookup(self.disk_name(node_id))
+        if vol is None:
+            return None
+        xml = await self.host.call("read a volume", vol.XMLDesc, 0)
+        return ET.fromstring(xml).findtext("backingStore/path")
+
+    def _download_file(self, vol: libvirt.virStorageVol, dest: Path) -> None:
+        stream = self.host.conn.newStream(0)
+        vol.download(stream, 0, 0, 0)
+        with dest.open("wb") as f:
+            stream.recvAll(lambda _s, buf, out: out.write(buf), f)
+        stream.finish()
+
+
+def _remove_bases(pool: libvirt.virStoragePool, doomed: Callable[[str], bool]) -> list[str]:
+    volumes = {vol.name(): vol for vol in pool.listAllVolumes(0)}
+    backing = set()
+    for name, vol in volumes.items():
+        if not _BASE.fullmatch(name) and not name.endswith(".sha256"):
+            path = ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
+            if path:
+                backing.add(PurePosixPath(path).name)
+    gone = []
+    for name, vol in sorted(volumes.items()):
+        found = _BASE.fullmatch(name)
+        if found is None or name in backing or not doomed(found[1]):
+            continue
+        seal = volumes.get(name + ".sha256")
+        if seal is not None:
+            seal.delete(0)
+        vol.delete(0)
+        gone.append(name)
+    return gone

@@ -41,3 +41,4 @@ class SavedState:
     qemu_version: str = ""
     machine: str = ""
     seconds: float = 0.0  # how long the save took (a running guest is paused that long)
+    accel: str = ""  # kvm | tcg, when the driver knows it better than the spec (a libvirt host)

@@ -7,6 +7,12 @@ is reached through ``connect(name, uri)``, which the runtime gives only when lib
 installed. A connection is opened at start-up for every host in the table (one that does not
 answer is retried in the background and its nodes are ``unknown``), and at ``host add``.
 
+Each time a host answers (its connection at start-up, ``host add``, a host back after an
+absence), ``after_up`` runs for it: the runtime sweeps from it the base volumes of images
+deleted meanwhile (``services/host_bases.py``). When a host answers again (not at start-up,
+where the runtime does it for every host once the nodes are adopted), ``after_back`` runs
+once its nodes are re-adopted: the checkpoint rows of its nodes are reconciled.
+
 Placement: a node that names its host goes there; otherwise the policy (``spread``: the host
 with the most room; ``pack``: the one with the least room that still fits) picks among the
 hosts that answer and are not drained. Room is a host's memory less the RAM of every node
@@ -106,6 +112,8 @@ class HostService:
     placement: Literal["spread", "pack"] = "spread"
     open_timeout: float = 30.0
     events: EventBus | None = None
+    after_up: Callable[[str], Awaitable[object]] | None = None  # a host answers (again)
+    after_back: Callable[[str], Awaitable[object]] | None = None  # …again, its nodes adopted
     _reasons: dict[str, str] = field(default_factory=dict)  # host -> why it does not answer
 
     def __post_init__(self) -> None:
@@ -171,6 +179,7 @@ class HostService:
         if facts:
             with self.catalog.session() as session:
                 HostRepository(session).update(record.name, facts=facts, state="up")
+            await self._answered(record.name)
         else:
             self._reasons[record.name] = getattr(driver, "down_reason", "") or "not answering"
             log.warning("host %s does not answer: %s", record.name, self._reasons[record.name])
@@ -178,6 +187,10 @@ class HostService:
     def _attach(self, name: str, driver: NodeDriver) -> None:
         driver.on_host_change = self.host_changed  # type: ignore[attr-defined]
         self.router.add_host(name, driver)
+
+    async def _answered(self, name: str) -> None:
+        if self.after_up is not None:
+            await self.after_up(name)
 
     # -- changes --------------------------------------------------------------------------------
 
@@ -215,6 +228,7 @@ class HostService:
             await driver.close()
             raise
         self._attach(name, driver)
+        await self._answered(name)
         self._publish(name, "added")
         return next(v for v in self.list() if v.record.name == name)
 
@@ -298,7 +312,7 @@ class HostService:
         else:
             down = getattr(self.router.hosts.get(host), "down_reason", "")
             self._reasons[host] = down or "it stopped answering"
-        self._publish(host, "up" if up else "down")
+            self._publish(host, "down")
         for record in records:
             state = NodeState(record.state)
             if not up and record.id in node_ids:
@@ -308,3 +322,8 @@ class HostService:
                 await self.nodes.set_state(record.id, self.router.state(record.id), "")
             elif up and state is NodeState.UNKNOWN:
                 await self.nodes.adopt_one(record, "it ended while its host did not answer")
+        if up:  # then the event: whoever waits for it sees the host swept and reconciled
+            await self._answered(host)
+            if self.after_back is not None:
+                await self.after_back(host)
+            self._publish(host, "up")

@@ -160,15 +160,18 @@ def get_image(name: ImageName, images: ImageServiceDep) -> Image:
 
 
 @router.delete(
-    "/api/images/{name}", status_code=204, summary="Delete an image and its file",
+    "/api/images/{name}", status_code=204,
+    summary="Delete an image, its file, and its base volume on every libvirt host",
     responses={404: refusal("No such image"),
-               409: refusal("In use")},
+               409: refusal("In use (by nodes on any host, or their checkpoints)")},
 )  # fmt: skip
-def delete_image(
+async def delete_image(
     name: ImageName, images: ImageServiceDep, who: PrincipalDep, runtime: RuntimeDep
 ) -> Response:
+    """A libvirt host that does not answer now loses the image's base when it next does."""
     require_role(who, runtime.settings.image_delete_role, f"delete the image {name}")
-    images.delete(name)
+    record = await asyncio.to_thread(images.delete, name)
+    await runtime.host_bases.image_deleted(record)
     return Response(status_code=204)
 
 

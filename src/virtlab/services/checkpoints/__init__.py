@@ -1,7 +1,9 @@
 """Checkpoint use cases: take, list, resume and delete the checkpoints of nodes and labs.
 
 A node's checkpoint is an internal snapshot in its own disk (memory, devices and the disk's
-blocks) with a catalog row beside it. A lab's checkpoint is one such snapshot per node under
+blocks) with a catalog row beside it, on whatever host the node runs: a libvirt host's node
+keeps it in its disk volume there (``virtlab.hosts.snapshots``), and a lab's checkpoint may
+mix local and remote nodes. A lab's checkpoint is one such snapshot per node under
 one tag, taken at one moment: every running node is paused at once (QMP ``stop``), each is
 saved (four at a time), then all run on, so links and protocol state line up on resume. A
 failure half-way removes what was saved; the nodes run on either way.
@@ -13,9 +15,9 @@ lab resumes all its nodes or none. A checkpoint QEMU cannot load
 running and the node still boots from its disk.
 
 Crash safety: a row is ``saving`` before QEMU saves and ``ready`` after; it is ``deleting``
-before the snapshot goes. :meth:`CheckpointService.reconcile` (at start-up) compares the rows
-with what each disk holds: half-saved and half-deleted checkpoints are removed, rows whose
-snapshot is gone are dropped.
+before the snapshot goes. :meth:`CheckpointService.reconcile` (at start-up, and for the nodes
+of a libvirt host that answers again) compares the rows with what each disk holds: half-saved
+and half-deleted checkpoints are removed, rows whose snapshot is gone are dropped.
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ class CheckpointService(CheckpointBook):
         async with self.nodes.holding(node.id):
             node = self.nodes.get(node.id)
             guard(node.name, NodeState(node.state), Action.CHECKPOINT)
-            _refuse_on_hosts([node], f"node {node.name}")
             self.tag_free([node], tag)
             progress = self._progress(self.nodes.lab_name(node.lab_id), node.name, tag, [node])
             running = [node] if NodeState(node.state) is NodeState.RUNNING else []
@@ -97,7 +98,6 @@ class CheckpointService(CheckpointBook):
                     f"be suspended): `virtlab lab start {lab.name}` first, or checkpoint nodes "
                     "one by one (`virtlab node checkpoint NODE TAG`)"
                 )
-            _refuse_on_hosts(members, f"lab {lab.name}")
             if TAG.clash(tag, [c.tag for c in self.of_lab(lab.name)]) is not None:
                 raise Conflict(
                     f"lab {lab.name} has a checkpoint named {tag} already; choose another tag, "
@@ -281,35 +281,46 @@ class CheckpointService(CheckpointBook):
     async def _remove(self, node: NodeRecord, row: CheckpointRecord) -> None:
         """The snapshot out of the disk (if it is there), then the row."""
         spec = self.nodes.spec(node)
-        if spec.paths.disk.exists() and row.tag in await self.driver.checkpoints(spec):
+        has_disk = spec.host != LOCAL_HOST or spec.paths.disk.exists()  # a host's: a volume
+        if has_disk and row.tag in await self.driver.checkpoints(spec):
             await self.driver.delete_checkpoint(spec, row.tag)
         screens.forget(self._dir(node), row.tag)
         self.remove_row(row)
 
     # -- start-up -----------------------------------------------------------------------------
 
-    async def reconcile(self) -> None:
-        """Make the rows agree with the disks after a restart (see the module's doc)."""
+    async def reconcile(self, host: str | None = None) -> None:
+        """Make the rows agree with the disks after a restart (see the module's doc); only
+        of the nodes on ``host`` when given (a libvirt host that answers again)."""
         by_node: dict[str, list[CheckpointRecord]] = defaultdict(list)
         for row in self.all_rows():
             by_node[row.node_id].append(row)
         for node_id, rows in by_node.items():
-            try:
-                node = self.nodes.get(node_id)
-                held = await self.driver.checkpoints(self.nodes.spec(node))
-            except VirtlabError as exc:
-                log.warning("node %s: its checkpoints cannot be read: %s", node_id, exc)
+            async with self.nodes.holding(node_id):  # a save or deletion under way finishes
+                await self._reconcile_node(node_id, rows, host)
+
+    async def _reconcile_node(
+        self, node_id: str, rows: list[CheckpointRecord], host: str | None
+    ) -> None:
+        try:
+            node = self.nodes.get(node_id)
+            if host is not None and node.host != host:
+                return
+            held = await self.driver.checkpoints(self.nodes.spec(node))
+        except VirtlabError as exc:
+            log.warning("node %s: its checkpoints cannot be read: %s", node_id, exc)
+            return
+        rows = [r for r in self.of_node(node_id) if r.id in {x.id for x in rows}]  # current
+        for row in rows:
+            if row.state == READY and row.tag in held:
                 continue
-            for row in rows:
-                if row.state == READY and row.tag in held:
-                    continue
-                why = (f"was {row.state} when the server stopped" if row.state != READY
-                       else "is no longer in its disk")  # fmt: skip
-                log.warning("node %s: checkpoint %s %s; removed", node.name, row.tag, why)
-                try:
-                    await self._remove(node, row)
-                except VirtlabError as exc:
-                    log.warning("node %s: checkpoint %s: %s", node.name, row.tag, exc)
+            why = (f"was {row.state} when the server stopped" if row.state != READY
+                   else "is no longer in its disk")  # fmt: skip
+            log.warning("node %s: checkpoint %s %s; removed", node.name, row.tag, why)
+            try:
+                await self._remove(node, row)
+            except VirtlabError as exc:
+                log.warning("node %s: checkpoint %s: %s", node.name, row.tag, exc)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -317,14 +328,3 @@ class CheckpointService(CheckpointBook):
         if self.events is not None:
             self.events.publish("checkpoint", lab=lab, node=node, tag=tag, state=state,
                                 detail=detail)  # fmt: skip
-
-
-def _refuse_on_hosts(members: list[NodeRecord], what: str) -> None:
-    """Checkpoints live in local disks: refused, before anything, for nodes on libvirt hosts."""
-    remote = [f"{n.name} (on {n.host})" for n in members if n.host != LOCAL_HOST]
-    if remote:
-        raise Conflict(
-            f"cannot checkpoint {what}: {', '.join(remote)} "
-            f"{'runs' if len(remote) == 1 else 'run'} on a libvirt host, where checkpoints are "
-            "not supported yet; checkpoint nodes of the local host one by one"
-        )

@@ -136,7 +136,7 @@ class CheckpointBook:
                 done.append(repo.update(
                     row.id, state=READY, vm_state_size=saved.vm_state_size,
                     save_seconds=saved.seconds, qemu_version=saved.qemu_version,
-                    machine=saved.machine,
+                    machine=saved.machine, **({"accel": saved.accel} if saved.accel else {}),
                 ))  # fmt: skip
             return done
 

@@ -15,13 +15,15 @@ disk's data rarely shrinks much under a general compressor) of regular files onl
     images/<sha256>.<qcow2|iso>    with images: each base image's catalog file, as stored
 
 Export needs every node stopped or crashed: a running disk changes under the copy. The disks
-are copied to a staging directory (see ``disks``); the tar is streamed from those copies and
-from the catalog's files, with its exact size known beforehand, never built whole.
+are copied to a staging directory (see ``disks``; a libvirt host's are downloaded, see
+``remote``); the tar is streamed from those copies and from the catalog's files, with its exact
+size known beforehand, never built whole.
 
 Import treats the archive as hostile input (``archive``: a strict reader; ``disks``: overlays
 inspected before qemu opens them). Base images are found in the catalog by sha256, or imported
 from the archive through the normal import pipeline; then the lab is deployed stopped (images
-renamed to this catalog's names) and each node's fresh disk swapped for the archived one. A
+renamed to this catalog's names; nodes on the hosts the lab file names, or placed) and each
+node's fresh disk swapped for the archived one (uploaded over it on a libvirt host). A
 failure before the deploy leaves no lab; after it, the lab is destroyed. Images imported on
 the way stay in the catalog: they passed every check of an upload and may serve again.
 
@@ -57,7 +59,7 @@ from virtlab.images.qemu_img import QemuImg
 from virtlab.images.receive import receive
 from virtlab.images.store import Staging
 from virtlab.names import LAB
-from virtlab.nodes.spec import RunPaths
+from virtlab.nodes.spec import LOCAL_HOST, RunPaths
 from virtlab.nodes.state import NodeState
 from virtlab.services.checkpoints import CheckpointService
 from virtlab.services.images import ImageService
@@ -67,6 +69,7 @@ from virtlab.services.nodes import NodeService
 from virtlab.topology import export_yaml, load_lab
 
 from . import disks
+from . import remote as hosted
 from .archive import (
     FORMAT,
     VERSION,
@@ -132,9 +135,13 @@ class LabArchiver:
         yaml_text = self.labs.export(lab.name)
         work = self._new_work()
         try:
+            remote = [n for n in nodes if n.host != LOCAL_HOST]
+            for node in remote:  # a libvirt host's: downloaded through libvirt
+                await hosted.fetch(self.nodes, self.qemu_img, node, work / f"{node.name}.qcow2")
             copies = await asyncio.to_thread(
-                disks.copy_disks, self.qemu_img, self.nodes.nodes_dir, nodes, bases, work
-            )
+                disks.copy_disks, self.qemu_img, self.nodes.nodes_dir, nodes, bases, work,
+                frozenset(n.name for n in remote),
+            )  # fmt: skip
             self._require_quiet(lab.name, [self.nodes.get(n.id) for n in nodes])
             saved = {}
             for node, (_, copy) in zip(nodes, copies, strict=True):
@@ -277,8 +284,11 @@ class LabArchiver:
         try:
             entries = {e.name: e for e in manifest.nodes}
             for record in self.labs.summary(lab).nodes:
-                target = RunPaths(self.nodes.nodes_dir / record.id).disk
-                await asyncio.to_thread(disks.put_in_place, copies[record.name], target)
+                if record.host != LOCAL_HOST:  # uploaded over its fresh volume there
+                    await hosted.put(self.nodes, self.qemu_img, record, copies[record.name])
+                else:
+                    target = RunPaths(self.nodes.nodes_dir / record.id).disk
+                    await asyncio.to_thread(disks.put_in_place, copies[record.name], target)
                 for saved in entries[record.name].checkpoints if keep_checkpoints else []:
                     self.checkpoints.add_row(
                         _checkpoint_row(saved, record, lab, sizes[record.name][saved.tag])

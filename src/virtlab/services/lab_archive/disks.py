@@ -62,18 +62,22 @@ def rebase(qemu_img: QemuImg, path: Path, backing: str) -> None:
 
 def copy_disks(
     qemu_img: QemuImg, nodes_dir: Path, nodes: list[NodeRecord],
-    bases: dict[str, ImageRecord], work: Path,
+    bases: dict[str, ImageRecord], work: Path, fetched: frozenset[str] = frozenset(),
 ) -> list[tuple[str, Path]]:  # fmt: skip
-    """``(node name, copy)`` of each node's disk, overlays rebased onto their placeholder."""
+    """``(node name, copy)`` of each node's disk, overlays rebased onto their placeholder.
+    The copies of the nodes named in ``fetched`` are in ``work`` already (from their hosts)."""
     copies = []
     for node in nodes:
         disk, copy = RunPaths(nodes_dir / node.id).disk, work / f"{node.name}.qcow2"
-        if not disk.is_file():
+        if node.name in fetched:
+            pass
+        elif not disk.is_file():
             raise Conflict(f"node {node.name} has no disk; wipe it, or delete it, first")
-        before = _stamp(disk)
-        shutil.copyfile(disk, copy)
-        if _stamp(disk) != before:
-            raise Conflict(f"node {node.name}'s disk changed while it was copied; try again")
+        else:
+            before = _stamp(disk)
+            shutil.copyfile(disk, copy)
+            if _stamp(disk) != before:
+                raise Conflict(f"node {node.name}'s disk changed while it was copied; try again")
         if bases[node.name].kind != ImageKind.CDROM:
             rebase(qemu_img, copy, placeholder(bases[node.name]))
         copies.append((node.name, copy))
