@@ -20,6 +20,10 @@ through a deploy or a start. Afterwards:
   finished: console, links, then ``cont``; one whose QEMU is gone is ``crashed``.
 
 So no node stays ``starting`` or ``stopping``, and every row has its directory.
+
+The sweep is done here; what each node is then is decided in one place,
+``NodeService.adopt_one`` (``services/nodes/adoption.py``), which the host service also asks
+when a host answers again.
 """
 
 from __future__ import annotations
@@ -32,9 +36,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from virtlab.catalog import NodeRecord
 from virtlab.errors import CatalogBusy, InsufficientStorage, NotFound
-from virtlab.nodes.qemu.process import log_tail, qemu_pid_for
+from virtlab.nodes.qemu.process import qemu_pid_for
 from virtlab.nodes.state import NodeState
 
 if TYPE_CHECKING:
@@ -110,42 +113,16 @@ def sweep_directories(nodes_dir: Path, known: set[str]) -> list[str]:
 
 
 async def recover(nodes: NodeService) -> None:
+    """Sweep what has no row, then have each node that was active (or ``unknown``) found
+    again by :meth:`NodeService.adopt_one`, which decides its state."""
     records = nodes.list()
     for gone in sweep_directories(nodes.nodes_dir, {r.id for r in records}):
         log.warning("start-up sweep removed the node directory %s (no node has it)", gone)
     for record in records:
-        if NodeState(record.state) not in (*_ACTIVE, NodeState.UNKNOWN):
+        was = NodeState(record.state)
+        if was not in (*_ACTIVE, NodeState.UNKNOWN):
             continue
-        if not nodes.reachable(record.host):  # a libvirt host that does not answer (yet)
-            why = f"host {record.host} does not answer; its nodes are re-adopted when it does"
-            await nodes._set(record.id, NodeState.UNKNOWN, why)
-            continue
-        await _adopt(nodes, record)
-
-
-async def _adopt(nodes: NodeService, record: NodeRecord) -> None:
-    was = NodeState(record.state)
-    spec = nodes.spec(record)
-    state = await nodes.driver.adopt(spec)
-    if state is None:
         during = " during its start" if was is NodeState.STARTING else ""
-        why = f"QEMU was no longer running when the server restarted{during}:\n"
-        await nodes._set(record.id, NodeState.CRASHED, why + log_tail(spec.paths.log))
-        return
-    if was is NodeState.STARTING:
-        try:
-            await nodes.let_run(record, spec)
-        except Exception as exc:
-            log.warning("node %s: finishing its start failed: %s", record.name, exc)
-            await nodes.driver.kill(record.id)
-            await nodes._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
-            return
-        await nodes._set(record.id, NodeState.RUNNING, "")
-        log.info("re-adopted node %s and finished its start", record.name)
-        return
-    await nodes.consoles.open(record, spec)
-    note = None
-    if was is NodeState.STOPPING:
-        note = "the server restarted while it was stopping; it still runs: stop it again"
-    await nodes._set(record.id, state, note)
-    log.info("re-adopted node %s (%s)", record.name, state.value)
+        await nodes.adopt_one(
+            record, f"QEMU was no longer running when the server restarted{during}"
+        )
