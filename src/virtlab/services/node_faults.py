@@ -36,6 +36,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from virtlab.catalog import NodeRecord
 from virtlab.errors import CatalogBusy, InsufficientStorage, NotFound
 from virtlab.nodes.qemu.process import qemu_pid_for
 from virtlab.nodes.state import NodeState
@@ -52,21 +53,21 @@ _ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState
 
 async def record_surely(
     nodes: NodeService, node_id: str, state: NodeState, detail: str | None = None
-) -> None:
+) -> NodeRecord | None:
     """Record what happened without a request (a crash, a pause, a start that went through):
     wait out a busy catalog however long it takes, since nobody could try again. A full disk
-    (after the catalog's reserve was given back) is logged: the machine's state stands."""
+    (after the catalog's reserve was given back) is logged: the machine's state stands. The
+    record as written; None if it could not be."""
     while True:
         try:
-            await nodes._set(node_id, state, detail)
-            return
+            return await nodes._set(node_id, state, detail)
         except CatalogBusy as exc:
             log.warning("node %s is %s; recording it waits for the catalog: %s",
                         node_id, state.value, exc)  # fmt: skip
         except InsufficientStorage as exc:
             log.error("node %s is %s, but the catalog cannot record it: %s",
                       node_id, state.value, exc)  # fmt: skip
-            return
+            return None
 
 
 async def paused(nodes: NodeService, node_id: str, reason: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 
-from virtlab.catalog import NodeRecord, NodeRepository
+from virtlab.catalog import ImageRecord, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import CheckpointRecord
 from virtlab.errors import Conflict
 from virtlab.images.formats import ImageKind
@@ -25,24 +25,24 @@ __all__ = ["NodeLifecycle"]
 
 class NodeLifecycle(NodeRam):
     async def start(self, ref: str) -> NodeRecord:
-        record = self.get(ref)
+        record, image = self.with_image(ref)
         lock = self._locks[record.id]
         # A free lock is taken without a pause (nothing runs in between): the record just
         # read is still current, and is not read again.
-        current = None if lock.locked() else record
+        current = None if lock.locked() else (record, image)
         async with lock:
             return await self.start_held(record.id, current=current)
 
     async def start_held(
         self, node_id: str, resume: CheckpointRecord | None = None, *,
-        current: NodeRecord | None = None,
+        current: tuple[NodeRecord, ImageRecord] | None = None,
     ) -> NodeRecord:  # fmt: skip
         """Start a node whose lock the caller holds; from checkpoint ``resume`` if given (its
         machine type and accelerator pinned to those it was saved with). ``current``: its
-        record, read under that lock already."""
-        record = current or self.get(node_id)
+        record and its image's, read under that lock already."""
+        record, image = current or self.with_image(node_id)
         guard(record.name, NodeState(record.state), Action.START)
-        spec = self.spec(record)
+        spec = self.spec(record, image)
         if resume is not None:
             machine, accel = resume.machine or spec.machine, resume.accel or spec.accel.value
             spec = replace(spec, loadvm=resume.tag, machine=machine, accel=Accel(accel))
@@ -68,8 +68,9 @@ class NodeLifecycle(NodeRam):
             await self.driver.kill(record.id)
             await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
-        await record_surely(self, record.id, NodeState.RUNNING)  # it runs: that must be known
-        return self.get(record.id)
+        # It runs: that must be known. The row as written is the reply (not read again).
+        running = await record_surely(self, record.id, NodeState.RUNNING)
+        return running or self.get(record.id)
 
     async def let_run(self, record: NodeRecord, spec: NodeSpec) -> None:
         """The end of a start, once QEMU runs: take over the serial connection the driver

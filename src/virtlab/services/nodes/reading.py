@@ -6,7 +6,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+from sqlalchemy.orm import Session
+
 from virtlab.catalog import ImageRecord, NodeRecord, NodeRepository
+from virtlab.catalog.images import ImageRepository
 from virtlab.catalog.labs import LabRepository
 from virtlab.errors import InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
@@ -27,24 +30,20 @@ class NodeReading(NodeBase):
 
     def get(self, ref: str) -> NodeRecord:
         """A node by id, by ``LAB:NAME`` (or ``LAB/NAME``), or by a name no other lab uses."""
-        lab_name, _, name = ref.replace("/", ":").rpartition(":")
         with self.catalog.session() as session:
-            repo = NodeRepository(session)
-            record = repo.get(ref)
-            if record is not None:
-                return record
-            if lab_name:
-                lab = LabRepository(session).by_name(lab_name)
-                found = repo.by_name(name, lab.id) if lab else []
-            else:
-                found = repo.by_name(name)
-        if not found:
-            raise NotFound(f"no node {ref!r}; `virtlab node list` shows the nodes")
-        if len(found) > 1:
-            raise InvalidRequest(
-                f"{len(found)} labs have a node named {name}; say which: LAB:{name}"
+            return _find(session, ref)
+
+    def with_image(self, ref: str) -> tuple[NodeRecord, ImageRecord]:
+        """A node (as :meth:`get` finds it) and its image's record, read in one session."""
+        with self.catalog.session() as session:
+            record = _find(session, ref)
+            image = ImageRepository(session).get(record.image)
+        if image is None:
+            raise NotFound(
+                f"node {record.name}'s image {record.image} is not in the catalog; "
+                "`virtlab image list` shows the catalog"
             )
-        return found[0]
+        return record, image
 
     def lab_id(self, lab: str) -> str:
         with self.catalog.session() as session:
@@ -81,3 +80,21 @@ class NodeReading(NodeBase):
             # it); a local QEMU runs at once: its serial connection was made before it ran.
             start_paused=record.host != LOCAL_HOST,
         )  # fmt: skip
+
+
+def _find(session: Session, ref: str) -> NodeRecord:
+    lab_name, _, name = ref.replace("/", ":").rpartition(":")
+    repo = NodeRepository(session)
+    record = repo.get(ref)
+    if record is not None:
+        return record
+    if lab_name:
+        lab = LabRepository(session).by_name(lab_name)
+        found = repo.by_name(name, lab.id) if lab else []
+    else:
+        found = repo.by_name(name)
+    if not found:
+        raise NotFound(f"no node {ref!r}; `virtlab node list` shows the nodes")
+    if len(found) > 1:
+        raise InvalidRequest(f"{len(found)} labs have a node named {name}; say which: LAB:{name}")
+    return found[0]
