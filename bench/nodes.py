@@ -224,8 +224,10 @@ class StartResult:
                 f"test disk); best of {len(self.virtlab)}",
                 f"  virtlab               : {v.seconds:7.3f} s   (runs: "
                 f"{_runs([r.seconds for r in self.virtlab])})",
-                f"      {'POST /api/nodes':<18}: {v.create:7.3f} s",
-                f"      {'POST start':<18}: {v.start:7.3f} s",
+                f"      {'POST /api/nodes':<18}: {v.create:7.3f} s   (median of the runs: "
+                f"{statistics.median(r.create for r in self.virtlab):.3f} s)",
+                f"      {'POST start':<18}: {v.start:7.3f} s   (median of the runs: "
+                f"{statistics.median(r.start for r in self.virtlab):.3f} s)",
                 f"      {'to the first byte':<18}: {v.first_byte:7.3f} s   (WebSocket)",
                 f"  bare qemu-system      : {b.seconds:7.3f} s   (runs: "
                 f"{_runs([r.seconds for r in self.bare])})",

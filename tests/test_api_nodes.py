@@ -195,7 +195,11 @@ def test_refusals_say_why(lab: tuple[Server, str]) -> None:
         refused = client.post("/api/nodes/g1/stop")
         assert refused.status_code == 409
         assert refused.json()["detail"] == "cannot stop node g1: it is stopped; start it first"
-        assert client.post("/api/nodes", json={"name": "g1", "image": image}).status_code == 409
+        # A clash found while the disk is being made (they overlap) removes that disk again.
+        before = sorted(p.name for p in (server.data_dir / "nodes").iterdir())
+        clash = client.post("/api/nodes", json={"name": "g1", "image": image})
+        assert clash.status_code == 409 and "g1" in clash.json()["detail"], clash.text
+        assert sorted(p.name for p in (server.data_dir / "nodes").iterdir()) == before
         bad = client.post("/api/nodes", json={"name": "../etc", "image": image})
         assert bad.status_code == 422
         missing = client.post("/api/nodes", json={"name": "g2", "image": "nope.qcow2"})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from types import FrameType
 
-from virtlab._util.loopwatch import LoopWatch
+from virtlab._util.loopwatch import LoopWatch, _in_selector
 
 
 def _hold_asleep(seconds: float) -> None:
@@ -18,20 +20,15 @@ def _hold_busy(seconds: float) -> None:
         pass
 
 
-async def _samples(watch: LoopWatch, count: int) -> None:
-    while watch.stats().samples < count:
-        await asyncio.sleep(0.02)  # the watchdog's thread counts; nothing to wait on here
-
-
 async def _watched(hold, seconds: float) -> LoopWatch:  # type: ignore[no-untyped-def]
     watch = LoopWatch(interval=0.02, threshold=0.1)
     watch.start()
     try:
-        await asyncio.wait_for(_samples(watch, 3), 30)  # it runs: a few answers on time
+        await asyncio.wait_for(watch.wait_samples(3), 30)  # it runs: a few answers on time
         if hold is not None:
             hold(seconds)
         # the late answer is in, and one more
-        await asyncio.wait_for(_samples(watch, watch.stats().samples + 2), 30)
+        await asyncio.wait_for(watch.wait_samples(watch.stats().samples + 2), 30)
     finally:
         watch.stop()
     return watch
@@ -60,3 +57,31 @@ def test_an_idle_loop_has_no_stall() -> None:
     assert stats.stalls == () and stats.blocked == stats.waiting == stats.busy == 0
     assert stats.samples >= 5
     assert stats.max_lag_ms < 100
+
+
+def _frames_of_a_loop_turn() -> dict[str, FrameType]:
+    """The frames of a real asyncio loop's ``_run_once`` and of its selector's ``select``,
+    caught by a profile hook while the loop runs one callback."""
+    frames: dict[str, FrameType] = {}
+
+    def hook(frame: FrameType, event: str, _arg: object) -> None:
+        if event == "call" and frame.f_code.co_name in ("_run_once", "select"):
+            frames.setdefault(frame.f_code.co_name, frame)
+
+    async def turn() -> None:
+        await asyncio.sleep(0)
+
+    sys.setprofile(hook)
+    try:
+        asyncio.run(turn())
+    finally:
+        sys.setprofile(None)
+    return frames
+
+
+def test_the_selector_wait_is_in_the_selector_and_the_loop_between_callbacks_is_not() -> None:
+    frames = _frames_of_a_loop_turn()
+    assert frames["select"].f_code.co_filename.endswith("selectors.py"), frames
+    assert _in_selector(frames["select"])
+    assert not _in_selector(frames["_run_once"])  # between callbacks: not asleep in select
+    assert not _in_selector(None)

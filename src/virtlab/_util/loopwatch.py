@@ -38,7 +38,9 @@ __all__ = ["LoopStats", "LoopWatch", "Stall"]
 
 log = logging.getLogger("virtlab.loop")
 
-_SELECTOR_WAITS = ("select", "poll", "epoll", "_run_once")  # where an idle loop sleeps
+# Where an idle asyncio loop sleeps: the ``select`` method of the stdlib's selectors (which
+# calls epoll/poll/select in C). Not ``_run_once``: that is the loop between callbacks.
+_SELECTOR = ("select", "selectors.py")
 _OWN_CODE = "/virtlab/"
 
 
@@ -92,11 +94,14 @@ class LoopWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0  # threading.get_ident() of the loop's thread
         self._loop_tid = 0  # its kernel thread id, for /proc
+        self._sampled: asyncio.Event | None = None  # set on the loop after each measurement
+        self._waiters = 0  # coroutines in wait_samples: only then is the loop told
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._loop_tid = threading.get_native_id()
+        self._sampled = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="virtlab-loopwatch", daemon=True)
         self._thread.start()
 
@@ -104,6 +109,19 @@ class LoopWatch:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    async def wait_samples(self, count: int) -> int:
+        """Return once ``count`` lag measurements are in (the number in then). Each
+        measurement sets an event on the loop, while someone waits here."""
+        assert self._sampled is not None, "start the watch first"
+        self._waiters += 1  # before reading the count: a measurement after it tells us
+        try:
+            while self._samples < count:
+                self._sampled.clear()
+                await self._sampled.wait()
+        finally:
+            self._waiters -= 1
+        return self._samples
 
     def stats(self) -> LoopStats:
         lags = sorted(self._lags)
@@ -149,6 +167,9 @@ class LoopWatch:
         self._samples += 1
         self._lags.append(lag)
         self._max = max(self._max, lag)
+        if self._waiters and self._loop is not None and self._sampled is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._sampled.set)
         if seen is None:
             return
         how, where, syscall = seen
@@ -169,7 +190,11 @@ class LoopWatch:
 
 
 def _in_selector(frame: FrameType | None) -> bool:
-    return frame is not None and frame.f_code.co_name in _SELECTOR_WAITS
+    """Whether the loop's innermost Python frame is the selector's wait."""
+    if frame is None:
+        return False
+    name, module = _SELECTOR
+    return frame.f_code.co_name == name and frame.f_code.co_filename.endswith(module)
 
 
 def _where(frame: FrameType | None) -> str:

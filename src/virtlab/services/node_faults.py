@@ -20,6 +20,10 @@ through a deploy or a start. Afterwards:
   finished: console, links, then ``cont``; one whose QEMU is gone is ``crashed``.
 
 So no node stays ``starting`` or ``stopping``, and every row has its directory.
+
+The sweep is done here; what each node is then is decided in one place,
+``NodeService.adopt_one`` (``services/nodes/adoption.py``), which the host service also asks
+when a host answers again.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from virtlab.catalog import NodeRecord
 from virtlab.errors import CatalogBusy, InsufficientStorage, NotFound
-from virtlab.nodes.qemu.process import log_tail, qemu_pid_for
+from virtlab.nodes.qemu.process import qemu_pid_for
 from virtlab.nodes.state import NodeState
 
 if TYPE_CHECKING:
@@ -49,21 +53,21 @@ _ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState
 
 async def record_surely(
     nodes: NodeService, node_id: str, state: NodeState, detail: str | None = None
-) -> None:
+) -> NodeRecord | None:
     """Record what happened without a request (a crash, a pause, a start that went through):
     wait out a busy catalog however long it takes, since nobody could try again. A full disk
-    (after the catalog's reserve was given back) is logged: the machine's state stands."""
+    (after the catalog's reserve was given back) is logged: the machine's state stands. The
+    record as written; None if it could not be."""
     while True:
         try:
-            await nodes._set(node_id, state, detail)
-            return
+            return await nodes._set(node_id, state, detail)
         except CatalogBusy as exc:
             log.warning("node %s is %s; recording it waits for the catalog: %s",
                         node_id, state.value, exc)  # fmt: skip
         except InsufficientStorage as exc:
             log.error("node %s is %s, but the catalog cannot record it: %s",
                       node_id, state.value, exc)  # fmt: skip
-            return
+            return None
 
 
 async def paused(nodes: NodeService, node_id: str, reason: str) -> None:
@@ -110,42 +114,16 @@ def sweep_directories(nodes_dir: Path, known: set[str]) -> list[str]:
 
 
 async def recover(nodes: NodeService) -> None:
+    """Sweep what has no row, then have each node that was active (or ``unknown``) found
+    again by :meth:`NodeService.adopt_one`, which decides its state."""
     records = nodes.list()
     for gone in sweep_directories(nodes.nodes_dir, {r.id for r in records}):
         log.warning("start-up sweep removed the node directory %s (no node has it)", gone)
     for record in records:
-        if NodeState(record.state) not in (*_ACTIVE, NodeState.UNKNOWN):
+        was = NodeState(record.state)
+        if was not in (*_ACTIVE, NodeState.UNKNOWN):
             continue
-        if not nodes.reachable(record.host):  # a libvirt host that does not answer (yet)
-            why = f"host {record.host} does not answer; its nodes are re-adopted when it does"
-            await nodes._set(record.id, NodeState.UNKNOWN, why)
-            continue
-        await _adopt(nodes, record)
-
-
-async def _adopt(nodes: NodeService, record: NodeRecord) -> None:
-    was = NodeState(record.state)
-    spec = nodes.spec(record)
-    state = await nodes.driver.adopt(spec)
-    if state is None:
         during = " during its start" if was is NodeState.STARTING else ""
-        why = f"QEMU was no longer running when the server restarted{during}:\n"
-        await nodes._set(record.id, NodeState.CRASHED, why + log_tail(spec.paths.log))
-        return
-    if was is NodeState.STARTING:
-        try:
-            await nodes.let_run(record, spec)
-        except Exception as exc:
-            log.warning("node %s: finishing its start failed: %s", record.name, exc)
-            await nodes.driver.kill(record.id)
-            await nodes._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
-            return
-        await nodes._set(record.id, NodeState.RUNNING, "")
-        log.info("re-adopted node %s and finished its start", record.name)
-        return
-    await nodes.consoles.open(record, spec)
-    note = None
-    if was is NodeState.STOPPING:
-        note = "the server restarted while it was stopping; it still runs: stop it again"
-    await nodes._set(record.id, state, note)
-    log.info("re-adopted node %s (%s)", record.name, state.value)
+        await nodes.adopt_one(
+            record, f"QEMU was no longer running when the server restarted{during}"
+        )
