@@ -99,7 +99,9 @@ def test_fifty_clients_while_an_import_converts_and_ten_nodes_run(  # type: igno
         assert states == {"running"}, states
         loop = client.get("/api/server/loop").json()
         blocked = [s for s in loop["stalls"] if s["how"] == "blocked"]
-        assert loop["blocked"] == 0, blocked
+        assert loop["blocked"] == 0, "; ".join(
+            f"{s['ms']:.0f} ms asleep in {s['syscall']} at {s['where']}" for s in blocked
+        )
         assert loop["samples"] > 0
 
 

@@ -85,3 +85,39 @@ def test_the_selector_wait_is_in_the_selector_and_the_loop_between_callbacks_is_
     assert _in_selector(frames["select"])
     assert not _in_selector(frames["_run_once"])  # between callbacks: not asleep in select
     assert not _in_selector(None)
+
+
+def test_the_system_call_is_named_when_asleep_in_one_and_empty_when_running() -> None:
+    """The watchdog reads the loop thread's state, then its system call: a thread that woke in
+    between reads "running" there, which must not count as a blocking call."""
+    import threading
+
+    from virtlab._util.loopwatch import _syscall
+
+    ready, stop = threading.Event(), threading.Event()
+    tids: dict[str, int] = {}
+
+    def spin() -> None:
+        tids["spin"] = threading.get_native_id()
+        ready.set()
+        while not stop.is_set():
+            pass
+
+    def wait() -> None:
+        tids["wait"] = threading.get_native_id()
+        stop.wait(30)
+
+    threads = [threading.Thread(target=spin), threading.Thread(target=wait)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert ready.wait(10)
+        # The spinning thread runs Python (or waits for the interpreter lock in futex); the
+        # waiting one sleeps in futex.
+        assert _syscall(tids["wait"]) == "futex"
+        assert _syscall(tids["spin"]) in ("", "futex")
+        assert _syscall(2**22 + 7) == "?"  # no such thread
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()

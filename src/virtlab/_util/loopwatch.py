@@ -184,6 +184,10 @@ class LoopWatch:
         if _thread_state(self._loop_tid) not in ("S", "D"):
             return "busy", where, ""
         syscall = _syscall(self._loop_tid)
+        if not syscall:
+            # Asleep, but not in a system call: it woke and ran between the two reads (a loaded
+            # host is slow to give it a CPU), or it waits for a page of memory to come in.
+            return "busy", where, ""
         if syscall in _WAITS or _in_selector(frame):
             return "waiting", where, syscall
         return "blocked", where, syscall
@@ -234,10 +238,14 @@ _WAITS = frozenset({"futex", "epoll_wait", "epoll_pwait", "poll", "ppoll", "sele
 
 
 def _syscall(tid: int) -> str:
+    """The system call ``tid`` sleeps in; "" when it is in none (the file says ``running``, or
+    ``-1`` for a thread stopped outside one); "?" when it cannot be read."""
     with contextlib.suppress(OSError, ValueError, IndexError):
         number = Path(f"/proc/self/task/{tid}/syscall").read_text().split()[0]
         if number.isdigit():
             return _SYSCALLS.get(int(number), f"#{number}")
+        if number in ("running", "-1"):
+            return ""
     return "?"
 
 
