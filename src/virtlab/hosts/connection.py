@@ -235,6 +235,11 @@ class HostConnection:
         for listener in list(self.listeners):
             listener.on_lifecycle(self, name, event, detail)
 
+    def lost(self, reason: str) -> None:
+        """Someone saw it not answer (a call that timed out): down as if libvirt had noticed;
+        the listeners hear ``on_host_down`` and the connection retries until it answers."""
+        self._lost(reason)
+
     def _lost(self, reason: str) -> None:
         if self.status is not HostStatus.UP:
             return

@@ -132,6 +132,10 @@ class LibvirtDriver(NodeDriver):
     def down_reason(self) -> str:
         return self.host.down_reason
 
+    def mark_down(self, reason: str) -> None:
+        """The host did not answer a call of ours: down, its nodes unknown, until it answers."""
+        self.host.lost(reason)
+
     async def describe(self) -> dict[str, object]:
         """The host's facts as plain data (versions, accelerators, CPUs, memory)."""
         info = await self.host.info()
