@@ -456,3 +456,52 @@ async def run_on(server: Server, node: dict, command: str, *, booted: bool = Tru
         return output
     finally:
         await shell.close()
+
+
+def test_a_snapshot_without_a_record_is_left_out_of_the_archive(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """An internal snapshot the catalog has no record of (made with ``qemu-img`` while the node
+    was stopped) is deleted from the disk's copy, whose backing file is by then a placeholder
+    that does not exist; the recorded checkpoint stays, and the node's own disk keeps both."""
+    text = f"""
+name: strays
+topology:
+  defaults: {{image: {origin.image["name"]}, ram_mb: 128, nics: 1, vnc: false}}
+  nodes: {{t1: {{}}}}
+"""
+    with origin.server.client(timeout=600) as client:
+        assert client.post("/api/labs", json={"topology": text}).status_code == 201
+        node = client.get("/api/nodes/strays:t1").json()
+        made = client.post("/api/nodes/strays:t1/checkpoints", json={"tag": "kept"})
+        assert made.status_code == 201, made.text
+        assert client.post("/api/nodes/strays:t1/kill").status_code == 200
+        disk = origin.server.data_dir / "nodes" / node["id"] / "disk.qcow2"
+        subprocess.run(["qemu-img", "snapshot", "-c", "stray", str(disk)], check=True)
+        archive = client.get("/api/labs/strays/archive")
+        assert archive.status_code == 200, archive.text
+    path = tmp_path / "strays.tar"
+    path.write_bytes(archive.content)
+    with tarfile.open(path) as tar:
+        manifest = json.loads(read_member(tar, "manifest.json"))
+        tar.extract("nodes/t1.qcow2", tmp_path, filter="data")
+    assert [c["tag"] for c in manifest["nodes"][0]["checkpoints"]] == ["kept"]
+
+    def tags(image: Path) -> list[str]:
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "--output=json", "-f", "qcow2", str(image)],
+            capture_output=True, text=True, check=True,
+        ).stdout)  # fmt: skip
+        return sorted(s["name"] for s in info.get("snapshots", []))
+
+    copied = tmp_path / "nodes/t1.qcow2"
+    assert tags(copied) == ["kept"]
+    assert json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", "-f", "qcow2", str(copied)],
+        capture_output=True, text=True, check=True,
+    ).stdout)["backing-filename"] == f"{origin.image['sha256']}.qcow2"  # fmt: skip
+    assert tags(disk) == ["kept", "stray"]
+    assert list((origin.server.data_dir / "staging").iterdir()) == []
+    with origin.server.client(timeout=600) as client:  # a stopped node's, opened alone too
+        assert client.delete("/api/nodes/strays:t1/checkpoints/kept").status_code == 204
+    assert tags(disk) == ["stray"]

@@ -10,7 +10,9 @@ URI (``qemu+tls://``, ``qemu+ssh://``, ``qemu+tcp://`` for tests) through ``libv
 | ``domain`` | pure functions: ``NodeSpec`` + where it lands → domain XML (golden tests) |
 | ``volumes`` | the ``virtlab`` pool: bases (pushed once, sealed by sha256), node overlays |
 | ``snapshots`` | checkpoints: internal snapshots in a node's disk volume, saved, listed, deleted |
-| ``driver`` | ``LibvirtDriver``: start paused → console → run; ends by events; re-adoption |
+| ``driver`` | ``LibvirtDriver``: connecting, facts, disks, checkpoints; built on the two below |
+| ``lifecycle`` | start paused → console → run; stop, kill and the other actions on a domain |
+| ``adoption`` | ends by events; re-adoption; the host's comings and goings |
 | ``machine`` | what the driver keeps per node; how a domain's end is read |
 | ``console`` | the console stream served on the node's local ``serial.sock`` for the hub |
 | ``vnc`` | the host's VNC port served on the node's local ``vnc.sock`` |

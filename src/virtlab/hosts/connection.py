@@ -141,6 +141,7 @@ class HostConnection:
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _event_ids: list[int] = field(default_factory=list, repr=False)
     _retry: asyncio.Task[None] | None = field(default=None, repr=False)
+    _late: set[asyncio.Future[Any]] = field(default_factory=set, repr=False)  # given-up opens
     up: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     address: str = ""  # the host's IP address, as the URI names it (resolved at open)
 
@@ -157,7 +158,7 @@ class HostConnection:
         ensure_event_loop()
         self._loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._open_blocking), self.open_timeout)
+            await self._open_within()
         except TimeoutError as exc:
             raise HostUnreachable(
                 f"host {self.name} ({self.uri}) did not answer within {self.open_timeout:g} s; "
@@ -172,7 +173,29 @@ class HostConnection:
             ) from exc
         self._set_up()
 
-    def _open_blocking(self) -> None:
+    async def _open_within(self) -> None:
+        """Open within ``open_timeout``. A worker thread cannot be stopped: an open given up on
+        (a host that accepts but does not answer) may still succeed later, when the host wakes;
+        that connection is closed then, never kept beside the one in use."""
+        opening = asyncio.get_running_loop().run_in_executor(None, self._open_blocking)
+        try:
+            conn, ids = await asyncio.wait_for(asyncio.shield(opening), self.open_timeout)
+        except BaseException:
+            self._late.add(opening)
+            opening.add_done_callback(self._close_late)
+            raise
+        self._conn, self._event_ids = conn, ids
+
+    def _close_late(self, opening: asyncio.Future[tuple[libvirt.virConnect, list[int]]]) -> None:
+        self._late.discard(opening)
+        if not opening.cancelled() and opening.exception() is None:
+            conn, ids = opening.result()
+            log.debug("host %s: closing a connection that opened after it was given up", self.name)
+            closing = opening.get_loop().run_in_executor(None, self._close_blocking, conn, ids)
+            self._late.add(closing)
+            closing.add_done_callback(self._late.discard)
+
+    def _open_blocking(self) -> tuple[libvirt.virConnect, list[int]]:
         if not self.address:
             infos = socket.getaddrinfo(self.hostname, None, type=socket.SOCK_STREAM)
             self.address = str(infos[0][4][0])
@@ -187,7 +210,7 @@ class HostConnection:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
             raise
-        self._conn, self._event_ids = conn, ids
+        return conn, ids
 
     def _set_up(self) -> None:
         self.status, self.down_reason = HostStatus.UP, ""
@@ -207,6 +230,12 @@ class HostConnection:
         self.up.clear()
         if conn is not None:
             await asyncio.to_thread(self._close_blocking, conn, self._event_ids)
+        deadline = asyncio.get_running_loop().time() + self.open_timeout
+        while self._late:  # opens given up on, and their closing: let go of them too
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._late), timeout=left)
 
     @staticmethod
     def _close_blocking(conn: libvirt.virConnect, ids: list[int]) -> None:
@@ -235,15 +264,20 @@ class HostConnection:
         for listener in list(self.listeners):
             listener.on_lifecycle(self, name, event, detail)
 
+    def lost(self, reason: str) -> None:
+        """Someone saw it not answer (a call that timed out): down as if libvirt had noticed;
+        the listeners hear ``on_host_down`` and the connection retries until it answers."""
+        self._lost(reason)
+
     def _lost(self, reason: str) -> None:
         if self.status is not HostStatus.UP:
             return
         self.status, self.down_reason = HostStatus.DOWN, reason
         self.up.clear()
-        conn, self._conn = self._conn, None
+        conn, self._conn, ids, self._event_ids = self._conn, None, self._event_ids, []
         log.warning("host %s is down: %s; retrying", self.name, reason)
-        if conn is not None:  # its socket is dead: let go of it (not on the loop)
-            self._loop.run_in_executor(None, self._close_blocking, conn, [])  # type: ignore[union-attr]
+        if conn is not None:  # let go of it (not on the loop); its events hold it open if alive
+            self._loop.run_in_executor(None, self._close_blocking, conn, ids)  # type: ignore[union-attr]
         for listener in list(self.listeners):
             listener.on_host_down(self, reason)
         self._retry = asyncio.create_task(self._reconnect(), name=f"reconnect {self.name}")
@@ -263,7 +297,7 @@ class HostConnection:
         while self.status is HostStatus.DOWN:
             await asyncio.sleep(delay)
             try:
-                await asyncio.wait_for(asyncio.to_thread(self._open_blocking), self.open_timeout)
+                await self._open_within()
             except (TimeoutError, libvirt.libvirtError, OSError) as exc:
                 log.debug("host %s still down: %s", self.name, exc)
                 delay = min(delay * 2, longest)

@@ -7,15 +7,10 @@ driver, the local host keeping :class:`virtlab.nodes.qemu.driver.QemuDriver`)::
     await driver.create_disk(spec, base_qcow2, None)   # base pushed once, overlay on the host
     await driver.start(spec)      # paused; console stream attached; resumed unless start_paused
 
-* **Start** defines nothing: ``createXML(…, START_PAUSED)`` makes a transient domain (a stopped
-  node leaves nothing behind on the host), the console stream is attached while the vCPUs are
-  halted, then it runs. ``spec.start_paused`` leaves it halted for the service's ``resume``.
-* **Ends** come as lifecycle events: the guest powered off, or we stopped/killed it, is
-  ``stopped``; anything else (QEMU died, someone destroyed it behind our back) is ``crashed``.
-* **Hosts come and go.** When the host stops answering, its nodes are *unknown*
-  (:meth:`unknown`; ``on_host_change`` hears it) and nothing is ended; when it answers again
-  every node is looked up: a running domain is re-adopted (console re-attached), a missing one
-  ended while we could not see it and is reported ``crashed`` (``stopped`` if we had asked).
+* **Start, stop and the rest** act on the node's running domain (:mod:`virtlab.hosts.lifecycle`).
+* **Ends, adoption, and the host's comings and goings** (:mod:`virtlab.hosts.adoption`):
+  lifecycle events tell a stop from a crash; while the host does not answer its nodes are
+  *unknown*, and when it answers again they are looked up and re-adopted.
 * Consoles: :class:`~virtlab.hosts.console.ConsoleBridge` at ``spec.paths.serial`` and
   :class:`~virtlab.hosts.vnc.VncBridge` at ``spec.paths.vnc``, so the console service works
   unchanged.
@@ -26,61 +21,29 @@ driver, the local host keeping :class:`virtlab.nodes.qemu.driver.QemuDriver`)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import libvirt
-
-from virtlab.errors import Conflict
 from virtlab.hosts import snapshots
+from virtlab.hosts.adoption import DomainAdoption
 from virtlab.hosts.connection import HostConnection, HostStatus
-from virtlab.hosts.console import ConsoleBridge
-from virtlab.hosts.domain import Placement, build_domain_xml, domain_name, link_state_xml
-from virtlab.hosts.errors import HostFailure, HostUnreachable
-from virtlab.hosts.machine import Machine as _Machine
-from virtlab.hosts.machine import ending, evidence
-from virtlab.hosts.screens import as_png
-from virtlab.hosts.vnc import VncBridge
-from virtlab.hosts.volumes import HostStorage
+from virtlab.hosts.domain import build_domain_xml, domain_name
+from virtlab.hosts.errors import HostUnreachable
+from virtlab.hosts.lifecycle import HostChangeCallback
 from virtlab.nodes.checkpoints import SavedState
-from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.spec import Accel, NodeSpec
-from virtlab.nodes.state import NodeState
 
 __all__ = ["HostChangeCallback", "LibvirtDriver"]
 
-log = logging.getLogger("virtlab.hosts")
-HostChangeCallback = Callable[[str, bool, list[str]], Awaitable[None]]
-"""``(host name, up, node ids)``: the host stopped answering (False) or answers again (True)."""
 
+class LibvirtDriver(DomainAdoption):
+    """The ``NodeDriver`` of one libvirt host: the lifecycle (``hosts/lifecycle.py``) and the
+    adoption (``hosts/adoption.py``) of its domains, its disks, facts and checkpoints."""
 
-class LibvirtDriver(NodeDriver):
     kind = "libvirt"
-
-    def __init__(
-        self,
-        host: HostConnection,
-        *,
-        accel: Accel | None = None,
-        storage: HostStorage | None = None,
-        owns_host: bool = False,
-        stop_event_timeout: float = 30.0,
-    ) -> None:
-        super().__init__()
-        self.host = host
-        self.accel = accel  # None: KVM when the host offers it, else TCG (decided at start)
-        self.storage = storage or HostStorage(host)
-        self.owns_host = owns_host
-        self.stop_event_timeout = stop_event_timeout
-        self.on_host_change: HostChangeCallback | None = None
-        self._machines: dict[str, _Machine] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        host.listeners.append(self)
 
     @classmethod
     async def connect(
@@ -132,6 +95,10 @@ class LibvirtDriver(NodeDriver):
     def down_reason(self) -> str:
         return self.host.down_reason
 
+    def mark_down(self, reason: str) -> None:
+        """The host did not answer a call of ours: down, its nodes unknown, until it answers."""
+        self.host.lost(reason)
+
     async def describe(self) -> dict[str, object]:
         """The host's facts as plain data (versions, accelerators, CPUs, memory)."""
         info = await self.host.info()
@@ -146,176 +113,6 @@ class LibvirtDriver(NodeDriver):
     async def disk_key(self, spec: NodeSpec) -> str | None:
         """The host's key of the node's disk volume (a new one after every wipe), or None."""
         return await self.storage.disk_key(spec.id)
-
-    async def _placement(self, spec: NodeSpec) -> Placement:
-        pool = await self.storage.pool()
-        name = self.storage.disk_name(spec.id)
-        try:
-            xml = await self.host.call(
-                f"find the disk of node {spec.name}",
-                lambda: pool.storageVolLookupByName(name).XMLDesc(0),
-            )
-        except HostFailure as exc:
-            if exc.code == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise Conflict(
-                    f"node {spec.name} has no disk on host {self.host.name}; wipe it to make one"
-                ) from exc
-            raise
-        backing = ET.fromstring(xml).findtext("backingStore/path")
-        cdrom = await self.storage.push_base(spec.cdrom) if spec.cdrom is not None else None
-        return Placement(
-            overlay=self.storage.disk_path(spec.id), address=self.host.address,
-            serial_log=PurePosixPath(f"/var/log/libvirt/qemu/{domain_name(spec.id)}-serial.log"),
-            base=PurePosixPath(backing) if backing else None,
-            cdrom=cdrom.path if cdrom is not None else None,
-        )  # fmt: skip
-
-    async def _accel(self) -> Accel:
-        if self.accel is None:
-            info = await self.host.info()
-            self.accel = Accel.KVM if "kvm" in info.accelerators else Accel.TCG
-        return self.accel
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(self, spec: NodeSpec) -> None:
-        if spec.id in self._machines:
-            raise Conflict(f"node {spec.name} already runs")
-        spec = replace(spec, accel=await self._accel())
-        xml = build_domain_xml(spec, await self._placement(spec))
-        conn = self.host.conn
-        dom = await self.host.call(f"start node {spec.name}", conn.createXML, xml,
-                                   libvirt.VIR_DOMAIN_START_PAUSED)  # fmt: skip
-        machine = _Machine(spec, dom)
-        self._machines[spec.id] = machine
-        try:
-            await self._attach(machine)
-            if not spec.start_paused:
-                await self.host.call(f"run node {spec.name}", dom.resume)
-        except BaseException:
-            machine.expected_exit = True
-            with contextlib.suppress(Exception):
-                await self.host.call("destroy a failed start", dom.destroy)
-            await self._end(machine, NodeState.STOPPED, report=False)
-            raise
-
-    async def _attach(self, machine: _Machine) -> None:
-        """Consoles of a domain that runs (paused or not): serial stream, VNC bridge."""
-        spec = machine.spec
-        if spec.serial:
-            if machine.console is None:
-                machine.console = ConsoleBridge(spec.paths.serial, spec.name)
-                await machine.console.start()
-            await machine.console.attach(self.host, machine.dom)
-        if spec.vnc:
-            live = await self.host.call("read a domain", machine.dom.XMLDesc, 0)
-            port = int(ET.fromstring(live).find("devices/graphics").get("port", "0"))  # type: ignore[union-attr]
-            if machine.vnc is None:
-                machine.vnc = VncBridge(spec.paths.vnc, self.host.address, port)
-                await machine.vnc.start()
-            machine.vnc.port = port
-
-    def _get(self, node_id: str) -> _Machine:
-        machine = self._machines.get(node_id)
-        if machine is None:
-            raise Conflict(f"node {node_id} has no running machine")
-        return machine
-
-    async def _end(self, machine: _Machine, state: NodeState, detail: str = "",
-                   *, report: bool = True) -> None:  # fmt: skip
-        if self._machines.get(machine.spec.id) is not machine:
-            return
-        del self._machines[machine.spec.id]
-        for bridge in (machine.console, machine.vnc):
-            if bridge is not None:
-                await bridge.stop()
-        try:  # the end is reported before a stop or kill waiting on it returns
-            if report:
-                await self._exited(machine.spec.id, state, detail)
-        finally:
-            machine.ended.set()
-
-    async def _wait_ended(self, machine: _Machine) -> None:
-        """Until the host's STOPPED event; then, if it never came, ask the host directly."""
-        try:
-            await asyncio.wait_for(machine.ended.wait(), self.stop_event_timeout)
-        except TimeoutError:
-            await self._check_gone(machine)
-
-    async def _check_gone(self, machine: _Machine) -> None:
-        try:
-            active = await self.host.call("look at a domain", machine.dom.isActive)
-        except HostFailure:
-            active = 0
-        if not active:
-            await self._end(machine, NodeState.STOPPED)
-
-    async def stop(self, node_id: str, timeout: float) -> bool:
-        machine = self._get(node_id)
-        machine.expected_exit = True
-        with contextlib.suppress(HostFailure):
-            if machine.suspended:
-                await self.host.call("resume", machine.dom.resume)
-            await self.host.call(f"power node {machine.spec.name} down", machine.dom.shutdownFlags,
-                                 libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)  # fmt: skip
-        try:
-            await asyncio.wait_for(machine.ended.wait(), timeout)
-            return True
-        except TimeoutError:
-            log.info("node %s ignored the ACPI power-down for %s s; stopping it", node_id, timeout)
-        with contextlib.suppress(HostFailure):
-            await self.host.call(f"stop node {machine.spec.name}", machine.dom.destroy)
-        await self._wait_ended(machine)
-        return False
-
-    async def kill(self, node_id: str) -> None:
-        machine = self._get(node_id)
-        machine.expected_exit = True
-        with contextlib.suppress(HostFailure):
-            await self.host.call(f"kill node {machine.spec.name}", machine.dom.destroy)
-        await self._wait_ended(machine)
-
-    async def reset(self, node_id: str) -> None:
-        machine = self._get(node_id)
-        await self.host.call(f"reset node {machine.spec.name}", machine.dom.reset, 0)
-
-    async def suspend(self, node_id: str) -> None:
-        machine = self._get(node_id)
-        await self.host.call(f"suspend node {machine.spec.name}", machine.dom.suspend)
-        machine.suspended = True
-
-    async def resume(self, node_id: str) -> None:
-        machine = self._get(node_id)
-        await self.host.call(f"resume node {machine.spec.name}", machine.dom.resume)
-        machine.suspended = False
-
-    async def screenshot(self, node_id: str) -> bytes:
-        machine = self._get(node_id)
-        conn = self.host.conn
-
-        def shoot() -> bytes:
-            stream = conn.newStream(0)
-            machine.dom.screenshot(stream, 0, 0)
-            parts: list[bytes] = []
-            stream.recvAll(lambda _s, buf, _o: parts.append(buf), None)
-            return b"".join(parts)
-
-        ppm = await self.host.call(f"take a screenshot of node {machine.spec.name}", shoot)
-        return await asyncio.to_thread(as_png, ppm)
-
-    async def set_link(self, node_id: str, index: int, up: bool) -> None:
-        machine = self._get(node_id)
-        live = ET.fromstring(await self.host.call("read a domain", machine.dom.XMLDesc, 0))
-        for iface in live.iterfind("devices/interface"):
-            alias = iface.find("alias")
-            if alias is not None and alias.get("name") == f"ua-nic{index}":
-                xml = link_state_xml(iface, up)
-                await self.host.call(
-                    f"set the link of eth{index} of node {machine.spec.name}",
-                    machine.dom.updateDeviceFlags, xml, libvirt.VIR_DOMAIN_AFFECT_LIVE,
-                )  # fmt: skip
-                return
-        raise Conflict(f"node {machine.spec.name} has no eth{index}")
 
     # -- checkpoints: internal snapshots in the disk volume (hosts/snapshots.py) ----------------
 
@@ -341,96 +138,6 @@ class LibvirtDriver(NodeDriver):
         root.find("name").text = f"{domain_name(spec.id)}-disk"  # type: ignore[union-attr]
         await snapshots.delete_stopped(self.host, ET.tostring(root, encoding="unicode"),
                                        spec.name, tag)  # fmt: skip
-
-    # -- adoption and the host's comings and goings ---------------------------------------------
-
-    async def _lookup(self, spec: NodeSpec) -> tuple[libvirt.virDomain, bool] | None:
-        """The node's domain if it runs on the host, and whether it is paused."""
-        conn = self.host.conn
-
-        def lookup() -> tuple[libvirt.virDomain, int] | None:
-            try:
-                dom = conn.lookupByName(domain_name(spec.id))
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return None
-                raise
-            return dom, dom.state()[0]
-
-        found = await self.host.call(f"look for node {spec.name}", lookup)
-        if found is None or found[1] not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED):
-            return None
-        return found[0], found[1] == libvirt.VIR_DOMAIN_PAUSED
-
-    async def adopt(self, spec: NodeSpec) -> NodeState | None:
-        found = await self._lookup(spec)
-        if found is None:
-            return None
-        machine = _Machine(spec, found[0], suspended=found[1])
-        self._machines[spec.id] = machine
-        await self._attach(machine)
-        return NodeState.SUSPENDED if machine.suspended else NodeState.RUNNING
-
-    def state(self, node_id: str) -> NodeState:
-        machine = self._machines.get(node_id)
-        if machine is None:
-            return NodeState.STOPPED
-        return NodeState.SUSPENDED if machine.suspended else NodeState.RUNNING
-
-    def unknown(self, node_id: str) -> bool:
-        """Whether the node's host is not answering (its state is then the last one seen)."""
-        return node_id in self._machines and self.host.status is not HostStatus.UP
-
-    def on_lifecycle(self, host: HostConnection, domain: str, event: int, detail: int) -> None:
-        machine = next((m for m in self._machines.values() if m.name == domain), None)
-        verdict = ending(machine, event, detail) if machine is not None else None
-        if machine is not None and verdict is not None:
-            state, why = verdict
-            detail_text = evidence(machine, self.host.name, why) if why else ""
-            self._spawn(self._end(machine, state, detail_text))
-
-    def on_host_down(self, host: HostConnection, reason: str) -> None:
-        for machine in self._machines.values():
-            if machine.console is not None:
-                machine.console.detach()
-        self._notify(False)
-
-    def on_host_up(self, host: HostConnection) -> None:
-        self._spawn(self._readopt())
-
-    async def _readopt(self) -> None:
-        for machine in list(self._machines.values()):
-            spec = machine.spec
-            try:
-                state = await self.adopt_again(machine)
-            except Exception as exc:
-                log.warning("node %s: cannot re-adopt it on host %s: %s", spec.name,
-                            self.host.name, exc)  # fmt: skip
-                continue
-            if state is None:
-                how = NodeState.STOPPED if machine.expected_exit else NodeState.CRASHED
-                why = "it ended while the host was not answering"
-                await self._end(machine, how, evidence(machine, self.host.name, why))
-        self._notify(True)
-
-    async def adopt_again(self, machine: _Machine) -> NodeState | None:
-        """The host answers again: the same machine, its consoles kept (the hub stays
-        connected), on the new connection; None when its domain is gone."""
-        found = await self._lookup(machine.spec)
-        if found is None:
-            return None
-        machine.dom, machine.suspended = found
-        await self._attach(machine)
-        return NodeState.SUSPENDED if machine.suspended else NodeState.RUNNING
-
-    def _notify(self, up: bool) -> None:
-        if self.on_host_change is not None:
-            self._spawn(self.on_host_change(self.host.name, up, list(self._machines)))
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         with contextlib.suppress(ValueError):

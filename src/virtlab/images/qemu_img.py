@@ -208,11 +208,14 @@ class QemuImg:
         return {str(s["name"]): int(s.get("vm-state-size", 0)) for s in found}
 
     def delete_snapshot(self, path: Path, tag: str) -> None:
-        # `qemu-img snapshot` has no -f: the format is forced through --image-opts instead.
-        where = str(path).replace(",", ",,")
-        opts = f"driver=qcow2,file.driver=file,file.filename={where}"
+        """Delete one internal snapshot, the file opened alone: ``qemu-img snapshot`` has no
+        -f, so the format is forced through a ``json:`` filename, which also opens no backing
+        file (``"backing": null``; an archive's copy names a placeholder that does not exist).
+        """
+        opts = {"driver": "qcow2", "file": {"driver": "file", "filename": str(path)},
+                "backing": None}  # fmt: skip
         done = run(
-            [self.binary, "snapshot", "-q", "--image-opts", "-d", tag, opts],
+            [self.binary, "snapshot", "-q", "-d", tag, f"json:{json.dumps(opts)}"],
             limits=self.work_limits,
         )
         if done.returncode != 0:

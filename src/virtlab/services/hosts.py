@@ -144,7 +144,9 @@ class HostService:
         return [self._view(r, counts, ram) for r in records]
 
     async def show(self, name: str) -> HostView:
-        """One host, its facts read again from it when it answers."""
+        """One host, its facts read again from it when it answers. A host that does not answer
+        that read is down from then on, as if its driver had noticed (``mark_down``): its nodes
+        are ``unknown`` and its connection retried until it answers again."""
         record = self._record(name)
         driver = None if record.local else self.router.hosts.get(name)
         describe = getattr(driver, "describe", None)
@@ -152,7 +154,14 @@ class HostService:
             try:
                 facts = await asyncio.wait_for(describe(), self.open_timeout)
             except (TimeoutError, HostUnreachable) as exc:
-                self._reasons[name] = str(exc) or "it did not answer in time"
+                reason = (
+                    f"its facts could not be read: {exc}" if str(exc) else
+                    f"it did not answer within {self.open_timeout:g} s when its facts were read"
+                )  # fmt: skip
+                self._reasons[name] = f"{reason}; retrying in the background, check its libvirtd"
+                mark_down = getattr(driver, "mark_down", None)
+                if mark_down is not None:
+                    mark_down(self._reasons[name])
             else:
                 with self.catalog.session() as session:
                     HostRepository(session).update(name, facts=facts, state="up")

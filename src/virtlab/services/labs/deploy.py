@@ -1,102 +1,38 @@
-"""Lab use cases: create, list, deploy from a topology file (all or nothing), start, stop,
-destroy, export back to YAML, graph.
+"""Deploying labs: a topology file made into nodes and links, all or nothing.
 
-Deploy is a transaction over machines: every node, disk and link it makes registers its undo on
-a stack, and a failure half-way unwinds the stack, so a failed deploy leaves nothing behind.
-Deploying the same file again changes nothing. A deploy the server died in (no undo ran) is
-left as far as it got, with its intent recorded (``deploy_intents``): the same file again
-makes what is missing and finishes it.
+Every node, disk and link a deploy makes registers its undo on a stack, and a failure half-way
+unwinds the stack, so a failed deploy leaves nothing behind. Deploying the same file again
+changes nothing. Limits (RAM, the owner's node quota) are checked before anything is made. A
+deploy the server died in (no undo ran) is left as far as it got, with its intent recorded
+(``deploy_intents``): the same file again makes what is missing and finishes it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from virtlab._util.faults import FaultPoint
-from virtlab.catalog import Catalog, NodeRecord, NodeRepository
-from virtlab.catalog.labs import DEFAULT_LAB_ID, LabRecord, LabRepository
-from virtlab.errors import Conflict, InvalidRequest, NotFound
-from virtlab.links.impairment import Impairment
+from virtlab.catalog.labs import LabRecord, LabRepository
+from virtlab.errors import Conflict
 from virtlab.names import LAB
-from virtlab.nodes.spec import LOCAL_HOST, DiskBus, NicModel
-from virtlab.nodes.state import NodeState
-from virtlab.services.deploy_intents import DeployIntents
-from virtlab.services.events import EventBus
-from virtlab.services.links import LinkService
-from virtlab.services.nodes import NodeService, NodeSettings
-from virtlab.topology import (
-    Endpoint,
-    LinkState,
-    NatSpec,
-    PortForward,
-    Position,
-    Proto,
-    ResolvedLab,
-    ResolvedLink,
-    ResolvedNode,
-    export_yaml,
-    load_lab,
-    to_dot,
-    to_svg,
-)
-
-__all__ = ["LabService", "LabSummary"]
+from virtlab.nodes.spec import LOCAL_HOST
+from virtlab.services.labs.running import LabRunning
+from virtlab.services.nodes import NodeSettings
+from virtlab.topology import NatSpec, ResolvedLab, ResolvedLink, ResolvedNode, export_yaml, load_lab
 
 log = logging.getLogger("virtlab.labs")
 
-_START_CONCURRENCY = 4
-_ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STOPPING)
+__all__ = ["LabDeploy"]
 
 
-@dataclass(frozen=True)
-class LabSummary:
-    lab: LabRecord
-    nodes: list[NodeRecord]
-    links: int
-
-
-class LabService:
-    def __init__(
-        self, *, catalog: Catalog, nodes: NodeService, links: LinkService,
-        events: EventBus | None = None, intents: DeployIntents, fault: FaultPoint | None = None,
-    ) -> None:  # fmt: skip
-        self.catalog = catalog
-        self.nodes = nodes
-        self.links = links
-        self.events = events
-        self.intents = intents
-        self.fault = fault or FaultPoint()
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def get(self, name: str) -> LabRecord:
-        with self.catalog.session() as session:
-            lab = LabRepository(session).by_name(name)
-        if lab is None:
-            raise NotFound(f"no lab named {name!r}; `virtlab lab list` shows the labs")
-        return lab
-
-    def list(self) -> list[LabSummary]:
-        with self.catalog.session() as session:
-            labs = LabRepository(session).list()
-        return [self.summary(lab) for lab in labs]
-
-    def names(self) -> list[str]:
-        with self.catalog.session() as session:
-            return [lab.name for lab in LabRepository(session).list()]
-
-    def summary(self, lab: LabRecord) -> LabSummary:
-        with self.catalog.session() as session:
-            nodes = NodeRepository(session).in_lab(lab.id)
-        return LabSummary(lab, nodes, len(self.links.list(lab.id)))
+class LabDeploy(LabRunning):
+    """Create and deploy labs, and name at start-up the deploys a server stop cut short."""
 
     # -- making -------------------------------------------------------------------------------
 
@@ -232,15 +168,6 @@ class LabService:
         await self.catalog.write(lambda s: LabRepository(s).set_topology(lab.id, text))
         self.intents.forget(wanted.name)
 
-    async def _forget_node(self, node_id: str) -> None:
-        record = self.nodes.get(node_id)
-        if NodeState(record.state) in _ACTIVE:
-            await self.nodes.kill(node_id)
-        await self.nodes.delete(node_id)
-
-    async def _forget_lab(self, lab: LabRecord) -> None:
-        await self.catalog.write(lambda session: LabRepository(session).remove(lab.id))
-
     def recover(self) -> None:
         """At start-up: forget the deploy intents of labs that were never made; name the labs
         whose deploy the server died in (the same file again finishes them)."""
@@ -255,113 +182,6 @@ class LabService:
                     "again to finish it, or destroy the lab", name,
                 )  # fmt: skip
 
-    # -- running ------------------------------------------------------------------------------
-
-    async def start(self, name: str) -> list[NodeRecord]:
-        """Start every stopped or crashed node, a few at a time. The RAM of them all is
-        promised before the first starts: if the host cannot hold it, none starts."""
-        lab = self.get(name)
-        gate = asyncio.Semaphore(_START_CONCURRENCY)
-        todo = [
-            n for n in self.summary(lab).nodes
-            if NodeState(n.state) in (NodeState.STOPPED, NodeState.CRASHED)
-        ]  # fmt: skip
-
-        async def one(node: NodeRecord) -> NodeRecord:
-            async with gate:
-                started = await self.nodes.start(node.id)
-            self.fault("lab_after_start")
-            return started
-
-        ram = {n.id: n.ram_mb for n in todo if n.host == LOCAL_HOST}  # others: their host's
-        what = f"lab {lab.name} ({len(todo)} nodes, {sum(ram.values())} MiB)"
-        with self.nodes.hold_ram(ram, what):
-            return list(await asyncio.gather(*(one(n) for n in todo)))
-
-    async def stop(self, name: str) -> list[NodeRecord]:
-        """Stop every running node at once (ACPI power-down, then a hard stop)."""
-        lab = self.get(name)
-        todo = [
-            n for n in self.summary(lab).nodes
-            if NodeState(n.state) in (NodeState.RUNNING, NodeState.SUSPENDED, NodeState.STARTING)
-        ]  # fmt: skip
-        return list(await asyncio.gather(*(self.nodes.stop(n.id) for n in todo)))
-
-    async def destroy(self, name: str) -> LabRecord:
-        """Kill and delete every node and link of the lab, then the lab (``default`` stays)."""
-        lab = self.get(name)
-        for link in self.links.list(lab.id):
-            await self.links.remove(link.id)
-        for node in self.summary(lab).nodes:
-            await self._forget_node(node.id)
-        if lab.id != DEFAULT_LAB_ID:
-            await self._forget_lab(lab)
-        self.intents.forget(lab.name)
-        self._publish(lab, "destroyed")
-        return lab
-
-    # -- describing ---------------------------------------------------------------------------
-
-    def resolved(self, lab: LabRecord) -> ResolvedLab:
-        """The lab as it stands in the catalog, possibly edited by hand through the API."""
-        summary = self.summary(lab)
-        by_id = {n.id: n for n in summary.nodes}
-        nodes = [
-            ResolvedNode(
-                name=n.name, kind=n.kind or "linux", image=n.image, cpus=n.cpus,
-                ram_mb=n.ram_mb, disk_bus=DiskBus(n.disk_bus), nics=n.nics,
-                nic_model=NicModel(n.nic_model), disk_size_mb=n.disk_size_mb, serial=n.serial,
-                vnc=n.vnc, extra_args=n.extra_args,
-                host=None if n.host == LOCAL_HOST else n.host,
-                management=_nat_spec(n.management["mgmt"]) if "mgmt" in n.management else None,
-                position=Position(n.position_x, n.position_y)
-                if n.position_x is not None and n.position_y is not None else None,
-            )
-            for n in summary.nodes
-        ]  # fmt: skip
-        links = []
-        for n in summary.nodes:  # NAT nodes live on as their peers' user-mode NICs
-            for nic, entry in sorted(n.management.get("nat", {}).items()):
-                where = entry.get("position")
-                nodes.append(ResolvedNode(
-                    name=entry["node"], kind="nat", nat=_nat_spec(entry),
-                    position=Position(*where) if where else None,
-                ))  # fmt: skip
-                ends = (Endpoint(n.name, int(nic)), Endpoint(entry["node"], 0))
-                a, b = (ends[1], ends[0]) if entry.get("first") else ends
-                links.append(ResolvedLink(a=a, b=b))
-        for link in self.links.list(lab.id):
-            a, b = (
-                Endpoint(by_id[link.a_node].name, link.a_iface),
-                Endpoint(by_id[link.b_node].name, link.b_iface),
-            )
-            imp = link.impairment
-            links.append(
-                ResolvedLink(
-                    a=a, b=b, state=LinkState(link.state),
-                    a_to_b=Impairment(**imp.get("a_to_b", {})),
-                    b_to_a=Impairment(**imp.get("b_to_a", {})),
-                    # between two hosts' nodes; a link to a local node goes through it anyway
-                    relayed=link.via_server and None not in (link.a_port, link.b_port),
-                )
-            )  # fmt: skip
-        return ResolvedLab(lab.name, tuple(nodes), tuple(links)).canonical()
-
-    def export(self, name: str) -> str:
-        return export_yaml(self.resolved(self.get(name)))
-
-    def graph(self, name: str, fmt: str = "svg") -> str:
-        resolved = self.resolved(self.get(name))
-        if fmt == "dot":
-            return to_dot(resolved)
-        if fmt == "svg":
-            return to_svg(resolved)
-        raise InvalidRequest(f"a graph is svg or dot, not {fmt!r}")
-
-    def _publish(self, lab: LabRecord, state: str) -> None:
-        if self.events is not None:
-            self.events.publish("lab", id=lab.id, name=lab.name, state=state)
-
 
 def _user_net(spec: NatSpec) -> dict:
     return {
@@ -369,11 +189,6 @@ def _user_net(spec: NatSpec) -> dict:
                       f.host_port, f.guest_port] for f in spec.forwards],
         "restrict": spec.restrict,
     }  # fmt: skip
-
-
-def _nat_spec(raw: dict) -> NatSpec:
-    forwards = tuple(PortForward(Proto(p), int(h), int(g)) for p, h, g in raw.get("forwards", []))
-    return NatSpec(forwards=forwards, restrict=bool(raw.get("restrict", True)))
 
 
 def _user_nets(lab: ResolvedLab) -> dict[str, dict]:
