@@ -22,10 +22,17 @@ our cgroup) and a VNC port range of the host's own (two daemons on one address).
 daemonizes with its pid file under ROOT/run. :meth:`LibvirtHost.stop` ends both, and every
 QEMU the host started (found by the pid files libvirt keeps in ROOT/run/qemu), by pid.
 :meth:`stop_daemon` / :meth:`start_daemon` stop and start only libvirtd (its QEMUs run on).
+
+A fresh libvirtd probes QEMU's capabilities on its first connection (~8 s under TCG) and caches
+them in ``/var/cache/libvirt/qemu/capabilities``. The first host this process starts is probed
+once (``virsh capabilities``) and its cache kept; every later host starts with a copy of it in
+its own ``ROOT/cache``. Each daemon is still a fresh one of its own; libvirtd checks each cached
+file (QEMU's and libvirtd's binaries, the kernel, the CPU…) and probes again if it is stale.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import grp
@@ -36,6 +43,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,6 +74,18 @@ FOLDERS = {
 }
 CLIENT_DN = "O=virtlab tests,CN=virtlab-server"  # the allow-listed client
 _START_TIMEOUT = 30.0
+_CAPS = Path("cache") / "qemu" / "capabilities"  # under a host's ROOT
+_seed: Path | None = None
+_seed_lock = threading.Lock()
+
+
+def _seed_dir() -> Path:
+    """This process's copy of a probed QEMU capability cache (empty until the first probe)."""
+    global _seed
+    if _seed is None:
+        _seed = Path(tempfile.mkdtemp(prefix="virtlab-qemucaps-"))
+        atexit.register(shutil.rmtree, _seed, True)
+    return _seed
 
 
 def have_libvirtd() -> bool:
@@ -311,6 +332,9 @@ class LibvirtHost:
             (root / key).mkdir(parents=True, exist_ok=True)
             Path(target).mkdir(parents=True, exist_ok=True)  # the mount point
         (root / "log" / "qemu").mkdir(mode=0o700, exist_ok=True)  # libvirt-daemon-system has it
+        with _seed_lock:
+            if any(_seed_dir().glob("*.xml")):
+                shutil.copytree(_seed_dir(), root / _CAPS, dirs_exist_ok=True)
         vnc = _free_range(20)
         host = cls(root, name or root.name, tls, free_port(), (vnc, vnc + 19))
         etc = root / "etc"
@@ -350,9 +374,28 @@ class LibvirtHost:
             if self.daemon.poll() is not None:
                 raise RuntimeError(f"libvirtd of {self.name} exited: {self.log_tail()}")
             with contextlib.suppress(OSError), socket.create_connection((ADDRESS, self.port), 0.2):
+                self._keep_capabilities()
                 return
             time.sleep(0.05)
         raise RuntimeError(f"libvirtd of {self.name} did not listen in {_START_TIMEOUT} s")
+
+    def _keep_capabilities(self) -> None:
+        """The first host of this process: probe QEMU now and keep the cache for later hosts
+        (best effort: without it, each host probes on its first connection, as it would)."""
+        with _seed_lock:
+            seed = _seed_dir()
+            if any(seed.glob("*.xml")) or shutil.which("virsh") is None:
+                return
+            try:
+                probe = subprocess.run(
+                    ["virsh", "-c", self.uri, "capabilities"], stdin=subprocess.DEVNULL,
+                    capture_output=True, timeout=120, check=False,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                return
+            if probe.returncode == 0:
+                for cached in (self.root / _CAPS).glob("*.xml"):
+                    shutil.copy2(cached, seed / cached.name)
 
     def log_tail(self, lines: int = 15) -> str:
         text = ""
