@@ -15,12 +15,14 @@ from pathlib import Path
 import psutil
 
 from bench.checkpoints import bench_checkpoints
-from bench.common import CLIENTS, DEFAULT_CLIENT, GiB, MiB, server_env
+from bench.clients import CLIENTS, DEFAULT_CLIENT
+from bench.files import GiB, MiB
 from bench.hosts import bench_hosts, have_libvirtd
 from bench.import_vmdk import bench_import
 from bench.labs import bench_labs
 from bench.load import bench_load
 from bench.nodes import bench_nodes
+from bench.server import server_env
 from bench.upload import bench_upload
 
 # (virtual size, data in it) of the VMDK, the upload's size, the small and big node bases,

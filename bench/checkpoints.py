@@ -38,10 +38,11 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from bench.common import MiB, human_bytes, server_env
+from bench.files import MiB, human_bytes
 from bench.lab_deploy import ring_yaml
 from bench.lab_server import BOOT_TIMEOUT, RAM_MB, Bench, lab_server, run_list
-from bench.nodes import _until_marker, _ws_url
+from bench.node_lab import _until_marker, _ws_url
+from bench.server import server_env
 
 __all__ = ["CheckpointsResult", "bench_checkpoints", "main"]
 

@@ -35,7 +35,8 @@ import httpx
 import psutil
 from websockets.asyncio.client import connect
 
-from bench.common import REPO, MiB, prepare_cache, running_server, write_random
+from bench.files import MiB, prepare_cache, write_random
+from bench.server import REPO, running_server
 from virtlab.devtools.bootdisk import build_boot_disk
 
 __all__ = ["HostsResult", "bench_hosts", "have_libvirtd"]

@@ -15,7 +15,7 @@ The image: a monolithicSparse VMDK of ``--virtual-mib`` (default 2 GiB) whose fi
     script doing virtlab's job one step after another would take, without HTTP.
 
 Best of ``--runs`` for each side, the sides alternating (a b, b a, a b, ...); the page cache is
-handled as ``bench.common`` says. The ratio is a / b: 1.0 means the import costs no more than
+handled as ``bench.files`` says. The ratio is a / b: 1.0 means the import costs no more than
 the bare tool; the issue's target is at most 1.15.
 """
 
@@ -31,23 +31,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import (
-    AUTH,
-    CLIENTS,
-    DEFAULT_CLIENT,
-    GiB,
-    MiB,
-    StagePoller,
-    fsync,
-    human_bytes,
-    new_import_id,
-    prepare_cache,
-    running_server,
-    server_env,
-    sha256_of,
-    upload,
-    write_random,
-)
+from bench.clients import CLIENTS, DEFAULT_CLIENT, new_import_id, upload
+from bench.files import GiB, MiB, fsync, human_bytes, prepare_cache, sha256_of, write_random
+from bench.sampling import StagePoller
+from bench.server import AUTH, running_server, server_env
 
 __all__ = ["ImportResult", "bench_import", "main", "make_vmdk"]
 

@@ -8,7 +8,7 @@ at a time, each once QMP answers; the WebSockets open once the reply is in: the 
 hub keeps a scrollback, so no byte is lost).
 bare: each node's ``qemu-system-x86_64`` argv is read from ``/proc/<pid>/cmdline`` after a
 virtlab run, with QMP and the serial console on sockets QEMU binds itself (virtlab passes
-its own as descriptors: ``bench.nodes.bare_argv``), its directory replaced by a scratch
+its own as descriptors: ``bench.node_start.bare_argv``), its directory replaced by a scratch
 one, and each node's link symlinks (``nicN.peer``) are noted; the lab is then destroyed.
 One ``bash -c`` then runs a plain loop over the scratch directories: ``qemu-img create -b``
 (a fresh overlay), ``ln -s`` (the cables), ``setsid qemu-system-x86_64 … &`` (each QEMU in a
@@ -38,7 +38,6 @@ import httpx
 import psutil
 from websockets.asyncio.client import connect
 
-from bench.common import REPO
 from bench.lab_server import (
     BOOT_TIMEOUT,
     RAM_MB,
@@ -47,7 +46,9 @@ from bench.lab_server import (
     kill_qemus,
     run_list,
 )
-from bench.nodes import _MARKER, _PANIC, GuestFailed, _until_marker, _ws_url, bare_argv
+from bench.node_lab import _MARKER, _PANIC, GuestFailed, _until_marker, _ws_url
+from bench.node_start import bare_argv
+from bench.server import REPO
 
 RING_FILE = REPO / "examples" / "ring10.yaml"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.common import REPO, OnServer, running_server
+from bench.server import REPO, OnServer, running_server
 from virtlab.devtools.bootdisk import build_boot_disk
 
 RAM_MB = 128  # ring10.yaml's, and the throughput guests'

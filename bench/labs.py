@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import MiB, server_env
+from bench.files import MiB
 from bench.lab_deploy import DeployResult, bench_deploy, ring_yaml
 from bench.lab_server import lab_server
 from bench.link_throughput import ThroughputResult, bench_throughput
 from bench.relay_blast import BlastResult, bench_blast
+from bench.server import server_env
 
 __all__ = [
     "BlastResult",

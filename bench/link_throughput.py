@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import MiB
+from bench.files import MiB
 from bench.lab_server import (
     RAM_MB,
     Bench,

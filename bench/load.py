@@ -35,8 +35,9 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from bench.common import MiB, server_env, write_random
+from bench.files import MiB, write_random
 from bench.lab_server import Bench, lab_server
+from bench.server import server_env
 
 __all__ = ["LoadResult", "bench_load", "main"]
 

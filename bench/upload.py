@@ -28,22 +28,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import (
-    CLIENTS,
-    DEFAULT_CLIENT,
-    GiB,
-    MiB,
-    RssSampler,
-    StagePoller,
-    human_bytes,
-    new_import_id,
-    prepare_cache,
-    rate,
-    running_server,
-    server_env,
-    upload,
-    write_random,
-)
+from bench.clients import CLIENTS, DEFAULT_CLIENT, new_import_id, upload
+from bench.files import GiB, MiB, human_bytes, prepare_cache, rate, write_random
+from bench.sampling import RssSampler, StagePoller
+from bench.server import running_server, server_env
 
 __all__ = ["UploadResult", "bench_upload", "main"]
 

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 
-from bench.common import MiB, prepare_cache, upload, write_random
+from bench.clients import upload
+from bench.files import MiB, prepare_cache, write_random
 from virtlab.images.progress import ImportJob
 from virtlab.images.receive import receive
 

@@ -16,7 +16,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # `pytest` puts tests/ on the path, not the checkout with bench/
     sys.path.insert(0, ROOT)
 
-from bench.common import MiB  # noqa: E402
+from bench.files import MiB  # noqa: E402
 from bench.hosts import bench_hosts, have_libvirtd  # noqa: E402
 
 from support.fake_peers import short_dir  # noqa: E402

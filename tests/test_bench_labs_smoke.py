@@ -13,7 +13,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # `pytest` puts tests/ on the path, not the checkout with bench/
     sys.path.insert(0, ROOT)
 
-from bench.common import MiB  # noqa: E402
+from bench.files import MiB  # noqa: E402
 from bench.labs import bench_labs, ring_yaml  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)

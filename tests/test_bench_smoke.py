@@ -11,7 +11,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # `pytest` puts tests/ on the path, not the checkout with bench/
     sys.path.insert(0, ROOT)
 
-from bench.common import GiB, MiB  # noqa: E402
+from bench.files import GiB, MiB  # noqa: E402
 from bench.import_vmdk import bench_import  # noqa: E402
 from bench.nodes import bench_nodes  # noqa: E402
 from bench.upload import bench_upload  # noqa: E402
