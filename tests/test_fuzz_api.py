@@ -21,7 +21,8 @@ for each operation with hypothesis directly, in its positive and negative modes 
 Not fuzzed, each for its reason in :data:`EXCLUDED`: operations that would start QEMU guests or
 take minutes (node and lab start, boot tests, taking and resuming checkpoints, which save or
 load running guests), and adding a libvirt host (it connects to whatever the URI names). A
-deploy (``POST /api/labs``) is fuzzed with ``start`` forced to false.
+deploy (``POST /api/labs``) and a node's creation (``POST /api/nodes``) are fuzzed with
+``start`` forced to false.
 WebSockets (consoles, events) are not in the OpenAPI. Uploads get the small bodies hypothesis
 makes; huge bodies are the upload limits' own tests. ``POST /api/logout`` revokes the token it
 comes with, so each of its cases gets a token of its own; the fuzzer's own token cannot be
@@ -133,6 +134,8 @@ def _send(case: schemathesis.Case, server: Server) -> None:
         if isinstance(case.body, dict):
             case.body["start"] = False
         case.query = {**(case.query or {}), "start": "false"}
+    if case.operation.label == "POST /api/nodes" and isinstance(case.body, dict):
+        case.body["start"] = False  # a node created started is a QEMU guest
     case.call_and_validate(base_url=server.url, headers=headers, checks=CHECKS, timeout=60)
 
 

@@ -53,10 +53,9 @@ export function addNodeDialog(lab, image, position, nodes) {
           };  // prettier-ignore
           if (cdrom) body.disk_size_mb = Number(disk.value);
           if (host.value) body.host = host.value;
+          if (startNow.checked) body.start = true; // one request: a start that fails makes nothing
           try {
-            let node = await post("/api/nodes", body);
-            if (startNow.checked) node = await post(`/api/nodes/${node.id}/start`);
-            close(node);
+            close(await post("/api/nodes", body));
           } catch (exc) {
             error.textContent = exc.detail || exc.message;
             submit.disabled = false;

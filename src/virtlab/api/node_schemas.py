@@ -46,6 +46,11 @@ class NodeCreate(BaseModel):
         None, pattern=NAME_PATTERN,
         description="the host it runs on (`local` or a libvirt host); none: placed by policy",
     )  # fmt: skip
+    start: bool = Field(
+        False,
+        description="start it at once: the reply is the running node; a start that fails "
+        "(its RAM refused, QEMU exits) removes the node again and says why",
+    )
 
 
 class NodeUpdate(BaseModel):

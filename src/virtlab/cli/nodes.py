@@ -75,7 +75,9 @@ def create(
     extra_arg: Annotated[
         list[str] | None, typer.Option("--extra-arg", help="An extra QEMU argument (repeat).")
     ] = None,
-    start: Annotated[bool, typer.Option("--start", help="Start it at once.")] = False,
+    start: Annotated[
+        bool, typer.Option("--start", help="Start it at once (a start that fails makes nothing).")
+    ] = False,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -83,12 +85,9 @@ def create(
     body = {
         "name": name, "image": image, "lab": lab, "cpus": cpus, "ram_mb": ram_mb,
         "disk_bus": disk_bus, "nics": nics, "nic_model": nic_model, "disk_size_mb": disk_size_mb,
-        "extra_args": extra_arg or [],
+        "extra_args": extra_arg or [], "start": start,
     }  # fmt: skip
-    node = call(url, "POST", "/api/nodes", json=body).json()
-    if start:
-        node = call(url, "POST", f"{_node_path(node['id'])}/start").json()
-    _print_node(node, as_json)
+    _print_node(call(url, "POST", "/api/nodes", json=body).json(), as_json)
 
 
 @app.command("list")

@@ -52,15 +52,16 @@ _ACTIVE = (NodeState.STARTING, NodeState.RUNNING, NodeState.SUSPENDED, NodeState
 
 
 async def record_surely(
-    nodes: NodeService, node_id: str, state: NodeState, detail: str | None = None
-) -> NodeRecord | None:
+    nodes: NodeService, node_id: str, state: NodeState, detail: str | None = None, *,
+    durable: bool = False,
+) -> NodeRecord | None:  # fmt: skip
     """Record what happened without a request (a crash, a pause, a start that went through):
     wait out a busy catalog however long it takes, since nobody could try again. A full disk
     (after the catalog's reserve was given back) is logged: the machine's state stands. The
     record as written; None if it could not be."""
     while True:
         try:
-            return await nodes._set(node_id, state, detail)
+            return await nodes._set(node_id, state, detail, durable=durable)
         except CatalogBusy as exc:
             log.warning("node %s is %s; recording it waits for the catalog: %s",
                         node_id, state.value, exc)  # fmt: skip

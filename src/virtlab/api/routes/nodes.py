@@ -42,22 +42,25 @@ def _out(runtime: RuntimeDep, record) -> Node:  # type: ignore[no-untyped-def]
     "/api/nodes", status_code=201, response_model=Node, summary="Create a node",
     responses={400: refusal("Bad settings"),
                404: refusal("No such image"),
-               409: refusal("Name taken, image not usable, or the owner's node limit "
-                            "(VIRTLAB_MAX_NODES_PER_USER) reached")},
+               409: refusal("Name taken, image not usable, the owner's node limit "
+                            "(VIRTLAB_MAX_NODES_PER_USER) reached, or with `start` the host's "
+                            "memory cannot hold its RAM")},
 )  # fmt: skip
 async def create_node(
     body: NodeCreate, nodes: NodeServiceDep, runtime: RuntimeDep, access: AccessDep
 ) -> Node:
     """Make the node's disk (a qcow2 overlay over the image, in constant time) and record it.
-    The node is `stopped`; start it with `POST /api/nodes/{id}/start`. A user names a lab of
-    theirs; without one the node goes to the `default` lab, which is the admins'."""
+    The node is `stopped`; start it with `POST /api/nodes/{id}/start`, or ask for `start`
+    here: the reply then comes once QEMU runs, and a start that fails leaves nothing made. A
+    user names a lab of theirs; without one the node goes to the `default` lab, which is the
+    admins'."""
     access.lab_for_node(body.lab)
-    fields = body.model_dump(exclude={"position"})
+    fields = body.model_dump(exclude={"position", "start"})
     settings = NodeSettings(
         **fields | {"extra_args": tuple(body.extra_args)},
         position=(body.position.x, body.position.y) if body.position else None,
     )
-    return _out(runtime, await nodes.create(settings))
+    return _out(runtime, await nodes.create(settings, start=body.start))
 
 
 @router.get("/api/nodes", response_model=list[Node], summary="List nodes")

@@ -6,7 +6,7 @@ console manager. :class:`NodeService` is composed of one part per concern, each 
 - ``base``: collaborators, per-node locks, guards, recording and publishing a node's state;
 - ``reading``: nodes by id or name, their labs, the spec a driver runs a machine from;
 - ``ram``: RAM holds against the host's memory;
-- ``creation``: create and edit;
+- ``creation``: create (also started at once) and edit;
 - ``lifecycle``: start, stop, kill, reset, suspend, resume, wipe, delete; exits and pauses;
 - ``adoption``: machines found again at start-up, or when their host answers again.
 """

@@ -101,13 +101,17 @@ class NodeBase:
             name = self._lab_names[lab_id] = lab.name
         return name
 
-    async def _set(self, node_id: str, state: NodeState, detail: str | None = None) -> NodeRecord:
+    async def _set(
+        self, node_id: str, state: NodeState, detail: str | None = None, *, durable: bool = False
+    ) -> NodeRecord:
+        """Record a node's state. Not durable by default: the start-up re-adoption derives a
+        state again, so it need not wait for the disk; ``durable`` when the row itself was
+        written without waiting (a node created started)."""
         fields: dict[str, object] = {"state": state.value}
         if detail is not None:
             fields["detail"] = detail
-        # a state: the start-up re-adoption derives it again, so it need not wait for the disk
         record = await self.catalog.write(
-            lambda session: NodeRepository(session).update(node_id, **fields), durable=False
+            lambda session: NodeRepository(session).update(node_id, **fields), durable=durable
         )
         self.publish(record)
         return record

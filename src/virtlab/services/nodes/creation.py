@@ -1,4 +1,5 @@
-"""Creating a node (its row, its console ports, its disk) and editing its settings."""
+"""Creating a node (its row, its console ports, its disk), also started at once, and editing
+its settings."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from virtlab.catalog.labs import LabRepository
 from virtlab.errors import Conflict, InvalidRequest, NotFound
 from virtlab.images.formats import ImageKind
 from virtlab.names import NODE
-from virtlab.nodes.spec import DiskBus, NicModel, NodeSpec
+from virtlab.nodes.spec import LOCAL_HOST, DiskBus, NicModel, NodeSpec
 from virtlab.nodes.state import Action, NodeState, guard
 from virtlab.services.node_settings import NodeSettings
 from virtlab.services.nodes.base import log
-from virtlab.services.nodes.reading import NodeReading
+from virtlab.services.nodes.lifecycle import NodeLifecycle
 
 __all__ = ["NODE_ID_BYTES", "NodeCreation", "new_node_id"]
 
@@ -45,15 +46,23 @@ class _LabNow:
     names: list[str]  # the names of the lab's nodes
 
 
-class NodeCreation(NodeReading):
+class NodeCreation(NodeLifecycle):
     async def create(
-        self, settings: NodeSettings, *, reserved: Callable[[], None] | None = None
-    ) -> NodeRecord:
-        """Make a stopped node. ``reserved``: the caller (a lab deploy) has reserved it in the
-        owner's quota, and this is called once its row is in; else it is reserved here.
+        self, settings: NodeSettings, *, reserved: Callable[[], None] | None = None,
+        start: bool = False,
+    ) -> NodeRecord:  # fmt: skip
+        """Make a stopped node, or with ``start`` a running one. ``reserved``: the caller (a
+        lab deploy) has reserved it in the owner's quota, and this is called once its row is
+        in; else it is reserved here.
 
         The disk is made (``qemu-img create``, in a thread) while the lab, the name, the
-        console ports and the quota are checked; a check that refuses removes it again."""
+        console ports and the quota are checked; a check that refuses removes it again.
+
+        With ``start``, its RAM is promised with those checks (a refusal removes the disk)
+        and the row goes in as ``starting``, under the node's lock, without waiting for the
+        catalog's disk to have it: QEMU is spawned at once, and the row is made durable with
+        the ``running`` state while the guest boots. A start that fails removes the node
+        again; the error says why."""
         settings = settings.checked()
         image = self.images.get(settings.image)
         base = self._base(image, settings)
@@ -61,7 +70,8 @@ class NodeCreation(NodeReading):
             id=new_node_id(), name=settings.name, image=image.name, cpus=settings.cpus,
             ram_mb=settings.ram_mb, disk_bus=settings.disk_bus.value, nics=settings.nics,
             nic_model=settings.nic_model.value, serial=settings.serial, vnc=settings.vnc,
-            state=NodeState.STOPPED.value, created_at=datetime.now(UTC),
+            state=(NodeState.STARTING if start else NodeState.STOPPED).value,
+            created_at=datetime.now(UTC),
             disk_size_mb=settings.disk_size_mb if base is None else None,
             extra_args=settings.extra_args, kind=settings.kind,
             management=settings.management,
@@ -70,11 +80,31 @@ class NodeCreation(NodeReading):
             host=self.place(settings),
         )  # fmt: skip
         spec = self.spec(record, image)
+        if not start:
+            return await self._make(record, spec, base, settings, reserved)
+        async with self._locks[record.id]:  # a new id: free, taken before the row is in
+            with contextlib.ExitStack() as ram:
+                record = await self._make(record, spec, base, settings, reserved, ram)
+                try:
+                    return await self._launch(record, spec, recorded=True)
+                except BaseException:
+                    await self.discard(record, spec)
+                    raise
+
+    async def _make(
+        self, record: NodeRecord, spec: NodeSpec, base: Path | None, settings: NodeSettings,
+        reserved: Callable[[], None] | None, ram: contextlib.ExitStack | None = None,
+    ) -> NodeRecord:  # fmt: skip
+        """The disk, the checks and the row of ``create``; the record as inserted. ``ram``:
+        for a node that starts at once, where its RAM hold is kept for the start."""
         disk = asyncio.create_task(self.driver.create_disk(spec, base, record.disk_size_mb))
         claimed: set[int] = set()
         named: tuple[str, str] | None = None
         try:
             await asyncio.sleep(0)  # one turn of the loop: the task hands qemu-img to its thread
+            if ram is not None:
+                local = {record.id: record.ram_mb} if record.host == LOCAL_HOST else {}
+                ram.enter_context(self.hold_ram(local, f"node {record.name} ({record.ram_mb} MiB)"))
             now = self._lab_now(settings.lab)
             lab_id = now.lab_id
             NODE.refuse_clash(settings.name, now.names + self._making_in(lab_id), "this lab")
@@ -89,7 +119,11 @@ class NodeCreation(NodeReading):
             with self._reserve(reserved, now.owner_id, settings.name) as made:
                 await asyncio.shield(disk)  # a cancelled request waits for it in _unmake
                 self.fault("node_after_disk")
-                await self.catalog.write(lambda session: NodeRepository(session).add(record))
+                # A node that starts at once is made durable with its running state.
+                durable = record.state == NodeState.STOPPED.value
+                await self.catalog.write(
+                    lambda session: NodeRepository(session).add(record), durable=durable
+                )
                 made()
         except BaseException:
             await self._unmake(disk, spec)

@@ -53,8 +53,13 @@ class NodeLifecycle(NodeRam):
         with self.hold_ram(local, what):
             return await self._launch(record, spec)
 
-    async def _launch(self, record: NodeRecord, spec: NodeSpec) -> NodeRecord:
-        await self._set(record.id, NodeState.STARTING, "")
+    async def _launch(
+        self, record: NodeRecord, spec: NodeSpec, *, recorded: bool = False
+    ) -> NodeRecord:
+        """Run the node's machine. ``recorded``: its row says ``starting`` already and has
+        not been made durable (a node created started): its ``running`` state is."""
+        if not recorded:
+            await self._set(record.id, NodeState.STARTING, "")
         try:
             # The guest runs from the start: its first serial bytes wait in the connection
             # the driver made before QEMU ran (console_socket); links are wired just after.
@@ -69,7 +74,7 @@ class NodeLifecycle(NodeRam):
             await self._set(record.id, NodeState.STOPPED, f"start failed: {exc}")
             raise
         # It runs: that must be known. The row as written is the reply (not read again).
-        running = await record_surely(self, record.id, NodeState.RUNNING)
+        running = await record_surely(self, record.id, NodeState.RUNNING, durable=recorded)
         return running or self.get(record.id)
 
     async def let_run(self, record: NodeRecord, spec: NodeSpec) -> None:
@@ -134,16 +139,21 @@ class NodeLifecycle(NodeRam):
         record = self.get(ref)
         async with self._locks[record.id]:
             record = await self._transition(record.id, Action.DELETE)
-            await self.driver.delete_disk(self.spec(record))  # a volume on a libvirt host
-            if self.before_delete is not None:
-                await self.before_delete(record)
-            await self.consoles.close(record.id)
-            node_id = record.id
-            await self.catalog.write(lambda session: NodeRepository(session).remove(node_id))
-            shutil.rmtree(self.nodes_dir / record.id, ignore_errors=True)
+            await self.discard(record, self.spec(record))
         self._locks.pop(record.id, None)
-        self.publish(record, deleted=True)
         return record
+
+    async def discard(self, record: NodeRecord, spec: NodeSpec) -> None:
+        """Remove a node whose machine does not run, under its lock: its disk (a volume on
+        a libvirt host), its links' wiring, its consoles, its row, its directory."""
+        await self.driver.delete_disk(spec)
+        if self.before_delete is not None:
+            await self.before_delete(record)
+        await self.consoles.close(record.id)
+        node_id = record.id
+        await self.catalog.write(lambda session: NodeRepository(session).remove(node_id))
+        shutil.rmtree(self.nodes_dir / record.id, ignore_errors=True)
+        self.publish(record, deleted=True)
 
     async def screenshot(self, ref: str) -> bytes:
         record = await self._transition(ref, Action.SCREENSHOT)
