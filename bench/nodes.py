@@ -8,9 +8,11 @@ bootable test disk (``virtlab.devtools.bootdisk``) is then imported with ``PUT``
 boots it under the accelerator the server picked (TCG on these machines), with ``ram_mb`` 128.
 
 (1) Create + start until the first serial byte.
-    virtlab: ``POST /api/nodes`` (which makes the overlay), ``POST /api/nodes/{id}/start``,
-    then the serial WebSocket ``/api/nodes/{id}/console/serial`` until its first byte (the
-    hub keeps a scrollback, so a byte written before the socket connected is not lost).
+    virtlab: ``POST /api/nodes`` with ``"start": true`` (one request: the overlay, then the
+    machine; against an older server given with ``--server-src`` that makes a stopped node,
+    ``POST /api/nodes/{id}/start`` follows and the report says so), then the serial
+    WebSocket ``/api/nodes/{id}/console/serial`` until its first byte (the hub keeps a
+    scrollback, so a byte written before the socket connected is not lost).
     bare: the same ``qemu-system-x86_64`` argv, read from ``/proc/<pid>/cmdline`` of a node's
     QEMU (pid from DATA/nodes/<id>/qemu.pid), except that QMP and the serial console are on
     sockets the bare QEMU binds itself (virtlab passes its own as descriptors, ``fd=N``; see
