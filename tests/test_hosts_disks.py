@@ -15,12 +15,10 @@ import re
 import sqlite3
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 pytest.importorskip(
     "libvirt", reason="libvirt-python is not installed: pip install -e '.[libvirt]'"
@@ -28,80 +26,38 @@ pytest.importorskip(
 
 from support.bootdisk import boot_disk
 from support.console import SerialShell
-from support.fake_peers import short_dir
-from support.libvirt_hosts import LibvirtHost, have_libvirtd
+from support.hosts_server import (
+    host_is,
+    hosts_server,
+    libvirt_hosts,
+    make_node,
+    needs_libvirtd,
+    refused,
+    watch,
+)
+from support.libvirt_hosts import LibvirtHost
 from support.server import Server
 from virtlab.hosts.connection import HostConnection
 from virtlab.hosts.volumes import HostStorage
 
-NEEDS = "apt-get install libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
-pytestmark = pytest.mark.skipif(not have_libvirtd(), reason=NEEDS)
+pytestmark = needs_libvirtd
 
 
 @pytest.fixture(scope="module")
 def h1() -> Iterator[LibvirtHost]:
-    with short_dir("vhd-") as root, LibvirtHost.start(root / "h1") as host:
+    with libvirt_hosts("vhd-", "h1") as (host,):
         yield host
 
 
 @pytest.fixture(scope="module")
 def srv(h1: LibvirtHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
     """A server with host h1 added and the boot disk imported (its image's name)."""
-    # TCG everywhere: this machine's libvirt offers a KVM that cannot run guests (nested).
-    server = Server(tmp_path_factory.mktemp("data"), env={"VIRTLAB_ACCEL": "tcg"}).start()
-    try:
-        with server.client() as api:
-            raw = boot_disk(tmp_path_factory).read_bytes()
-            made = api.put("/api/images/boot.img", content=raw)
-            assert made.status_code == 201, made.text
-            added = api.post("/api/hosts", json={"name": "h1", "uri": h1.uri})
-            assert added.status_code == 201, added.text
-        yield server, made.json()["name"]
-    finally:
-        server.kill_nodes()
-        server.stop()
-
-
-def _node(api: httpx.Client, name: str, image: str, **fields: object) -> dict:
-    made = api.post("/api/nodes", json={"name": name, "image": image, "ram_mb": 128, **fields})
-    assert made.status_code == 201, made.text
-    return made.json()
-
-
-def _refused(reply: httpx.Response, status: int, *words: str) -> str:
-    assert reply.status_code == status, reply.text
-    detail = reply.json()["detail"]
-    for word in words:
-        assert word in detail, detail
-    return detail
+    with hosts_server(tmp_path_factory, [h1]) as (server, image):
+        yield server, image
 
 
 def _bases(host: LibvirtHost) -> set[str]:
     return {p.name for p in (host.folder("lib") / "virtlab").glob("base-*")}
-
-
-def _watch(server: Server, then: Callable[[], object], until: Callable[[dict], bool],
-           timeout: float = 120) -> list[dict]:  # fmt: skip
-    """Subscribe to the events, do ``then`` (in a thread), read events until one is ``until``."""
-
-    async def run() -> list[dict]:
-        seen: list[dict] = []
-        url = server.ws_url("/api/events")
-        async with connect(url, additional_headers=server.headers) as ws:
-            await asyncio.to_thread(then)
-
-            async def loop() -> list[dict]:
-                while not seen or not until(seen[-1]):
-                    seen.append(json.loads(await ws.recv()))
-                return seen
-
-            return await asyncio.wait_for(loop(), timeout)
-
-    return asyncio.run(run())
-
-
-def _host_is(name: str, state: str) -> Callable[[dict], bool]:
-    return lambda e: e["kind"] == "host" and e["name"] == name and e["state"] == state
 
 
 # -- base volumes follow the catalog --------------------------------------------------------------
@@ -116,14 +72,14 @@ def test_deleting_an_image_deletes_its_base_on_hosts_even_one_that_was_not_answe
         made = api.put("/api/images/other.img", content=raw)
         assert made.status_code == 201, made.text
         other = made.json()["name"]
-        keep = _node(api, "keep", image, host="h1")
+        keep = make_node(api, image, "keep", host="h1")
         before = _bases(h1)
         assert len(before) == 2, "the boot image's base and its seal"
-        node = _node(api, "b1", other, host="h1")
+        node = make_node(api, other, "b1", host="h1")
         pushed = _bases(h1) - before
         assert len(pushed) == 2, "the base and its seal reached h1"
 
-        detail = _refused(api.delete(f"/api/images/{other}"), 409, "b1", "delete those first")
+        detail = refused(api.delete(f"/api/images/{other}"), 409, "b1", "delete those first")
         assert "used by" in detail
         assert _bases(h1) >= pushed, "a refusal deletes nothing, on the host either"
         assert api.get(f"/api/images/{other}").status_code == 200
@@ -137,15 +93,15 @@ def test_deleting_an_image_deletes_its_base_on_hosts_even_one_that_was_not_answe
         again = api.put("/api/images/other.img", content=raw)
         assert again.status_code == 201, again.text
         other = again.json()["name"]
-        node = _node(api, "b2", other, host="h1")
+        node = make_node(api, other, "b2", host="h1")
         assert _bases(h1) >= pushed
         assert api.delete(f"/api/nodes/{node['id']}").status_code == 204
-    _watch(server, h1.stop_daemon, _host_is("h1", "down"))
+    watch(server, h1.stop_daemon, host_is("h1", "down"))
     with server.client() as api:
         assert api.delete(f"/api/images/{other}").status_code == 204, "deleted here all the same"
         assert api.get(f"/api/images/{other}").status_code == 404
         assert _bases(h1) >= pushed, "h1 did not answer: its volume is still there"
-    _watch(server, h1.start_daemon, _host_is("h1", "up"))
+    watch(server, h1.start_daemon, host_is("h1", "up"))
     assert _bases(h1) == before, "swept when h1 answered again; the boot image's base stays"
     with server.client() as api:
         assert api.get("/api/hosts/h1").json()["reachable"]
@@ -191,7 +147,7 @@ def test_a_remote_node_is_checkpointed_resumed_and_its_checkpoints_deleted(
     the console's scrollback of that moment; deleted running and stopped; refusals keep all."""
     server, image = srv
     with server.client() as api:
-        node = _node(api, "r1", image, host="h1")
+        node = make_node(api, image, "r1", host="h1")
         ref = f"/api/nodes/{node['id']}"
         assert api.post(f"{ref}/start").json()["state"] == "running"
 
@@ -209,8 +165,8 @@ def test_a_remote_node_is_checkpointed_resumed_and_its_checkpoints_deleted(
         assert row["machine"].startswith("pc-i440fx-") and row["accel"] == "tcg", row
         assert api.get(ref).json()["state"] == "running", "it runs on after the save"
         assert _disk_snapshots(h1, node) == ["c1"]
-        _refused(api.post(f"{ref}/checkpoints", json={"tag": "c1"}), 409, "already", "c1")
-        _refused(api.post(f"{ref}/checkpoints/c1/resume"), 409, "r1 is running", "--force")
+        refused(api.post(f"{ref}/checkpoints", json={"tag": "c1"}), 409, "already", "c1")
+        refused(api.post(f"{ref}/checkpoints/c1/resume"), 409, "r1 is running", "--force")
         assert [c["tag"] for c in api.get(f"{ref}/checkpoints").json()] == ["c1"]
         assert api.post(f"{ref}/suspend").json()["state"] == "suspended"
         assert api.post(f"{ref}/checkpoints", json={"tag": "c2"}).status_code == 201
@@ -239,7 +195,7 @@ def test_a_remote_node_is_checkpointed_resumed_and_its_checkpoints_deleted(
     asyncio.run(resumed_guest())
     with server.client() as api:
         assert api.post(f"{ref}/kill").json()["state"] == "stopped"
-        _refused(api.delete(f"{ref}/checkpoints/nope"), 404, "no checkpoint 'nope'")
+        refused(api.delete(f"{ref}/checkpoints/nope"), 404, "no checkpoint 'nope'")
         assert api.delete(f"{ref}/checkpoints/c1").status_code == 204  # stopped: a bare domain
         assert api.get(f"{ref}/checkpoints").json() == []
         assert _disk_snapshots(h1, node) == []
@@ -343,8 +299,8 @@ def test_a_lab_archive_carries_a_remote_disk_and_its_checkpoint_back_to_the_host
     written = asyncio.run(_md5(server, far, write=True, booted=True))
     with server.client(timeout=600) as api:
         assert api.post("/api/nodes/arc:far/checkpoints", json={"tag": "w"}).status_code == 201
-        refused = api.get("/api/labs/arc/archive")
-        _refused(refused, 409, "must be stopped", "virtlab lab stop arc")
+        reply = api.get("/api/labs/arc/archive")
+        refused(reply, 409, "must be stopped", "virtlab lab stop arc")
         assert not list((server.data_dir / "staging").iterdir()), "no copy left behind"
         assert api.post("/api/labs/arc/stop").status_code == 200
         # As an older server left it: libvirt's default qcow2 v2 (the export makes it v3).
@@ -369,8 +325,8 @@ def test_a_lab_archive_carries_a_remote_disk_and_its_checkpoint_back_to_the_host
     with server.client(timeout=600) as api:
         assert api.post("/api/hosts/h1/drain", json={}).json()["drained"]
         tar = {"content": archive.read_bytes(), "headers": {"content-type": "application/x-tar"}}
-        refused = api.post("/api/labs/import", params={"name": "arc2"}, **tar)
-        _refused(refused, 409, "host h1 is drained")
+        reply = api.post("/api/labs/import", params={"name": "arc2"}, **tar)
+        refused(reply, 409, "host h1 is drained")
         assert api.get("/api/labs/arc2").status_code == 404, "no lab is kept"
         assert set((h1.folder("lib") / "virtlab").glob("node-*")) == volumes, "nor a volume"
         assert not list((server.data_dir / "staging").iterdir())
@@ -410,7 +366,7 @@ def test_at_start_up_the_checkpoint_rows_are_made_to_agree_with_the_hosts_disks(
     does not answer at start-up is reconciled when it answers."""
     server, image = srv
     with server.client() as api:
-        node = _node(api, "rs", image, host="h1")
+        node = make_node(api, image, "rs", host="h1")
         ref = f"/api/nodes/{node['id']}"
         assert api.post(f"{ref}/start").json()["state"] == "running"
         for tag in ("t1", "t2", "t3"):
@@ -441,7 +397,7 @@ def test_at_start_up_the_checkpoint_rows_are_made_to_agree_with_the_hosts_disks(
     with server.client() as api:
         kept = api.get(f"{ref}/checkpoints").json()
         assert [(c["tag"], c["state"]) for c in kept] == [("t1", "ready"), ("t4", "saving")]
-    _watch(server, h1.start_daemon, _host_is("h1", "up"))
+    watch(server, h1.start_daemon, host_is("h1", "up"))
     with server.client() as api:
         kept = api.get(f"{ref}/checkpoints").json()
         assert [(c["tag"], c["state"]) for c in kept] == [("t1", "ready")], "reconciled"

@@ -11,13 +11,10 @@ non-loopback address cannot be made here (the test daemons listen on 127.0.0.1 o
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
 import socket
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,10 +26,9 @@ pytest.importorskip(
     "libvirt", reason="libvirt-python is not installed: pip install -e '.[libvirt]'"
 )
 
-from support.bootdisk import boot_disk
 from support.console import SerialShell
-from support.fake_peers import short_dir
-from support.libvirt_hosts import LibvirtHost, have_libvirtd
+from support.hosts_server import cli, hosts_server, libvirt_hosts, needs_libvirtd, refused
+from support.libvirt_hosts import LibvirtHost
 from support.server import Server
 from virtlab.catalog import NodeRecord, NodeRepository
 from virtlab.catalog.hosts import HostRecord, HostRepository
@@ -42,63 +38,33 @@ from virtlab.errors import Conflict
 from virtlab.runtime import Runtime
 from virtlab.settings import Settings
 
-NEEDS = "apt-get install libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
-pytestmark = pytest.mark.skipif(not have_libvirtd(), reason=NEEDS)
-VIRTLAB = str(Path(sys.executable).with_name("virtlab"))
+pytestmark = needs_libvirtd
 
 
 @pytest.fixture(scope="module")
-def hosts() -> Iterator[tuple[LibvirtHost, LibvirtHost]]:
-    with (
-        short_dir("vhl-") as root,
-        LibvirtHost.start(root / "h1") as h1,
-        LibvirtHost.start(root / "h2") as h2,
-    ):
-        yield h1, h2
+def hosts() -> Iterator[tuple[LibvirtHost, ...]]:
+    with libvirt_hosts("vhl-", "h1", "h2") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def srv(
-    hosts: tuple[LibvirtHost, LibvirtHost], tmp_path_factory: pytest.TempPathFactory
+    hosts: tuple[LibvirtHost, ...], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, str]]:
     """A server (relay address unset: the hosts are on 127.0.0.1) with the boot disk, h1, h2.
     UDP port ranges of its own, away from other servers on this machine."""
     base = random.randrange(20000, 30000, 200)
     env = {
-        "VIRTLAB_ACCEL": "tcg",  # this machine's libvirt offers a KVM that cannot run guests
         "VIRTLAB_TUNNEL_PORTS": f"{base}-{base + 99}",
         "VIRTLAB_RELAY_PORTS": f"{base + 100}-{base + 199}",
     }
-    server = Server(tmp_path_factory.mktemp("data"), env=env).start()
-    try:
-        with server.client() as api:
-            raw = boot_disk(tmp_path_factory).read_bytes()
-            image = api.put("/api/images/boot.img", content=raw).json()["name"]
-            for host in hosts:
-                added = api.post("/api/hosts", json={"name": host.root.name, "uri": host.uri})
-                assert added.status_code == 201, added.text
+    with hosts_server(tmp_path_factory, hosts, env=env) as (server, image):
         yield server, image
-    finally:
-        server.kill_nodes()
-        server.stop()
-
-
-def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **server.cli_env, "COLUMNS": "250"}
-    return subprocess.run([VIRTLAB, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def _ok(reply: httpx.Response, status: int = 200) -> dict:
     assert reply.status_code == status, reply.text
     return reply.json() if reply.content else {}
-
-
-def _refused(reply: httpx.Response, status: int, *words: str) -> str:
-    assert reply.status_code == status, reply.text
-    detail = reply.json()["detail"]
-    for word in words:
-        assert word in detail, detail
-    return detail
 
 
 def _lab(api: httpx.Client, text: str) -> tuple[dict[str, dict], dict[tuple[str, str], dict]]:
@@ -166,16 +132,24 @@ def _capture(api: httpx.Client, link: dict) -> bytes:
     return reply.content
 
 
-MIXED = """
-name: mixed
+PAIR = """
+name: {lab}
 topology:
-  defaults: {image: IMAGE, ram_mb: 128, nics: 1}
+  defaults: {{image: {image}, ram_mb: 128, nics: {nics}}}
   nodes:
-    loc: {host: local}
-    rem: {host: h1}
+    {a}: {{host: {a_host}}}
+    {b}: {{host: {b_host}}}
   links:
-    - endpoints: ["loc:eth0", "rem:eth0"]
+    - endpoints: ["{a}:eth{last}", "{b}:eth{last}"]
 """
+
+
+def _pair(lab: str, image: str, a: str, b: str, *, nics: int = 1, relayed: bool = False) -> str:
+    """A lab file of two nodes, ``a`` and ``b`` as ``name@host``, linked on their last NIC."""
+    (a, a_host), (b, b_host) = a.split("@"), b.split("@")
+    text = PAIR.format(lab=lab, image=image, nics=nics, last=nics - 1, a=a, a_host=a_host, b=b,
+                       b_host=b_host)  # fmt: skip
+    return text + ("      relayed: true\n" if relayed else "")
 
 
 def test_a_local_node_pings_a_node_on_a_libvirt_host_through_the_relay(
@@ -184,12 +158,12 @@ def test_a_local_node_pings_a_node_on_a_libvirt_host_through_the_relay(
     """Down/up, a capture with the ICMP frames, a delay in the RTT, and a server restart."""
     server, image = srv
     with server.client(timeout=600) as api:
-        nodes, links = _lab(api, MIXED.replace("IMAGE", image))
+        text = _pair("mixed", image, "loc@local", "rem@h1")
+        nodes, links = _lab(api, text)
         link = links[("loc:eth0", "rem:eth0")]
         assert (link["path"], link["relayed"]) == ("relayed", True), link
         assert nodes["rem"]["host"] == "h1" and nodes["loc"]["host"] == "local"
-        text = MIXED.replace("IMAGE", image)
-        for again in (text, text.replace('"rem:eth0"]', '"rem:eth0"]\n      relayed: true')):
+        for again in (text, _pair("mixed", image, "loc@local", "rem@h1", relayed=True)):
             same = api.post("/api/labs", json={"topology": again, "start": False})
             assert same.status_code == 200, f"the same lab, relayed or not: {same.text}"
         _start(api, nodes["loc"], nodes["rem"])
@@ -259,18 +233,6 @@ def test_a_local_node_pings_a_node_on_a_libvirt_host_through_the_relay(
         assert api.delete("/api/labs/mixed").status_code == 204
 
 
-HOSTS = """
-name: across
-topology:
-  defaults: {image: IMAGE, ram_mb: 128, nics: 2}
-  nodes:
-    x: {host: h1}
-    y: {host: h2}
-  links:
-    - endpoints: ["x:eth1", "y:eth1"]
-"""
-
-
 def test_links_between_two_hosts_go_relayed_when_asked_or_once_stopped(
     srv: tuple[Server, str],
 ) -> None:
@@ -279,7 +241,7 @@ def test_links_between_two_hosts_go_relayed_when_asked_or_once_stopped(
     are stopped, from their next start."""
     server, image = srv
     with server.client(timeout=600) as api:
-        nodes, links = _lab(api, HOSTS.replace("IMAGE", image))
+        nodes, links = _lab(api, _pair("across", image, "x@h1", "y@h2", nics=2))
         added = cli(server, "link", "add", "x:eth0", "y:eth0", "--lab", "across", "--relayed")
         assert added.returncode == 0 and "relayed" in added.stdout, added.stderr
         nodes, links = _read_lab(api, "across")
@@ -292,7 +254,7 @@ def test_links_between_two_hosts_go_relayed_when_asked_or_once_stopped(
         assert same.status_code == 200, f"its export deploys as the same lab: {same.text}"
         changed = exported.replace("relayed: true", "relayed: false")
         other = api.post("/api/labs", content=changed, headers=yaml, params={"start": False})
-        _refused(other, 409, "differs from this file")
+        refused(other, 409, "differs from this file")
         shown = cli(server, "lab", "inspect", "across")
         assert re.search(r"x:eth1\W+y:eth1\W+up\W+tunnel", shown.stdout), shown.stdout
         _start(api, nodes["x"], nodes["y"])
@@ -320,16 +282,16 @@ def test_links_between_two_hosts_go_relayed_when_asked_or_once_stopped(
         assert ("10.0.1.2", "10.0.1.1", 0) in _icmp(_capture(api, relayed))
 
         url = f"/api/links/{direct['id']}"
-        _refused(api.post(f"{url}/capture/start"), 409, "cannot be captured now",
+        refused(api.post(f"{url}/capture/start"), 409, "cannot be captured now",
                  "straight from host h1 to host h2", "stop x and y", "--relayed")  # fmt: skip
-        _refused(api.patch(url, json={"impairment": {"a_to_b": {"loss_pct": 5}}}), 409,
+        refused(api.patch(url, json={"impairment": {"a_to_b": {"loss_pct": 5}}}), 409,
                  "cannot be impaired now", "stop x and y")  # fmt: skip
         after = _ok(api.get(url))
         assert (after["path"], after["capturing"], after["impairment"]) == ("tunnel", False, {})
-        _refused(api.get(f"{url}/capture"), 404, "no capture yet")
+        refused(api.get(f"{url}/capture"), 404, "no capture yet")
 
         _stop(api, nodes["x"])
-        _refused(api.post(f"{url}/capture/start"), 409, "stop y and try again")
+        refused(api.post(f"{url}/capture/start"), 409, "stop y and try again")
         _stop(api, nodes["y"])
         switched = _ok(api.post(f"{url}/capture/start"))
         assert (switched["path"], switched["capturing"]) == ("relayed", True), switched

@@ -9,77 +9,55 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 pytest.importorskip(
     "libvirt", reason="libvirt-python is not installed: pip install -e '.[libvirt]'"
 )
 
-from support.bootdisk import boot_disk
 from support.console import SerialShell
-from support.fake_peers import short_dir
-from support.libvirt_hosts import LibvirtHost, free_port, have_libvirtd
+from support.hosts_server import (
+    add_host,
+    cli,
+    hosts_server,
+    libvirt_hosts,
+    make_node,
+    needs_libvirtd,
+    node_is,
+    refused,
+    watch,
+)
+from support.libvirt_hosts import LibvirtHost, free_port
 from support.server import Server
 from virtlab.devtools.bootdisk import BOOT_MARKER
 
-NEEDS = "apt-get install libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
-pytestmark = pytest.mark.skipif(not have_libvirtd(), reason=NEEDS)
-VIRTLAB = str(Path(sys.executable).with_name("virtlab"))
+pytestmark = needs_libvirtd
 
 
 @pytest.fixture(scope="module")
-def hosts() -> Iterator[tuple[LibvirtHost, LibvirtHost]]:
-    with (
-        short_dir("vhs-") as root,
-        LibvirtHost.start(root / "h1") as h1,
-        LibvirtHost.start(root / "h2", tls=True) as h2,
-    ):
-        yield h1, h2
+def hosts() -> Iterator[tuple[LibvirtHost, ...]]:
+    with libvirt_hosts("vhs-", "h1", "h2", tls=("h2",)) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def srv(
-    hosts: tuple[LibvirtHost, LibvirtHost], tmp_path_factory: pytest.TempPathFactory
+    hosts: tuple[LibvirtHost, ...], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, str]]:
-    """A server with the boot disk imported, and h1 and h2 added (h2 by --tls-cert)."""
+    """A server with the boot disk imported, and h1 (by the CLI) and h2 (by --tls-cert) added."""
     h1, h2 = hosts
-    # TCG everywhere: this machine's libvirt offers a KVM that cannot run guests (nested).
-    server = Server(tmp_path_factory.mktemp("data"), env={"VIRTLAB_ACCEL": "tcg"}).start()
-    try:
+    with hosts_server(tmp_path_factory) as (server, image):
+        done = cli(server, "host", "add", "h1", h1.uri)
+        assert done.returncode == 0 and "added host h1" in done.stdout, done.stderr
         with server.client() as api:
-            raw = boot_disk(tmp_path_factory).read_bytes()
-            image = api.put("/api/images/boot.img", content=raw).json()["name"]
-            done = cli(server, "host", "add", "h1", h1.uri)
-            assert done.returncode == 0 and "added host h1" in done.stdout, done.stderr
-            tls_uri = h2.uri.split("?")[0]
-            body = {"name": "h2", "uri": tls_uri, "tls_cert": str(h2.client_pki)}
-            added = api.post("/api/hosts", json=body)
-            assert added.status_code == 201, added.text
+            add_host(api, h2)
         yield server, image
-    finally:
-        server.kill_nodes()
-        server.stop()
-
-
-def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **server.cli_env, "COLUMNS": "250"}
-    return subprocess.run([VIRTLAB, *args], capture_output=True, text=True, timeout=300, env=env)
-
-
-def _node(api: httpx.Client, image: str, name: str, **fields: object) -> dict:
-    made = api.post("/api/nodes", json={"name": name, "image": image, "ram_mb": 128, **fields})
-    assert made.status_code == 201, made.text
-    return made.json()
 
 
 def _act(api: httpx.Client, node: dict, action: str, **params: object) -> dict:
@@ -88,61 +66,24 @@ def _act(api: httpx.Client, node: dict, action: str, **params: object) -> dict:
     return reply.json()
 
 
-def _refused(reply: httpx.Response, status: int, *words: str) -> str:
-    assert reply.status_code == status, reply.text
-    detail = reply.json()["detail"]
-    for word in words:
-        assert word in detail, detail
-    return detail
+def _boot_log(server: Server, node: dict) -> bytes:
+    """What ``node``'s serial console shows, from its first line to the boot marker."""
 
+    async def read() -> bytes:
+        shell = await SerialShell.open(server, node, booted=False)
+        try:
+            return (await shell.wait_for(rb"(?s).*?" + BOOT_MARKER.encode(), 180))[0]
+        finally:
+            await shell.close()
 
-def _watch(server: Server, then: Callable[[], object], until: Callable[[list[dict]], bool],
-           timeout: float = 180) -> list[dict]:  # fmt: skip
-    """Subscribe to the events, do ``then`` (in a thread), and read events until ``until``."""
-    return asyncio.run(_events_until(server, then, until, timeout))
-
-
-async def _events_until(
-    server: Server, then: Callable[[], object], until: Callable[[list[dict]], bool], timeout: float
-) -> list[dict]:
-    seen: list[dict] = []
-    async with connect(server.ws_url("/api/events"), additional_headers=server.headers) as ws:
-        await asyncio.to_thread(then)
-
-        async def loop() -> list[dict]:
-            while not until(seen):
-                seen.append(json.loads(await ws.recv()))
-            return seen
-
-        return await asyncio.wait_for(loop(), timeout)
-
-
-async def _serial_until(server: Server, node: dict, pattern: bytes, timeout: float = 180) -> bytes:
-    url = server.ws_url(node["consoles"]["serial"]["ws"])
-    seen = b""
-    async with connect(url, additional_headers=server.headers) as ws:
-
-        async def loop() -> bytes:
-            nonlocal seen
-            while not re.search(pattern, seen):
-                seen += await ws.recv()
-            return seen
-
-        return await asyncio.wait_for(loop(), timeout)
-
-
-def is_(name: str, state: str) -> Callable[[list[dict]], bool]:
-    """Until: an event says node ``name`` is ``state``."""
-    return lambda seen: any(
-        e["kind"] == "node" and e["name"] == name and e["state"] == state for e in seen
-    )
+    return asyncio.run(read())
 
 
 # -- hosts --------------------------------------------------------------------------------------
 
 
 def test_hosts_are_listed_with_their_facts_and_refusals_keep_nothing(
-    srv: tuple[Server, str], hosts: tuple[LibvirtHost, LibvirtHost], tmp_path: Path
+    srv: tuple[Server, str], hosts: tuple[LibvirtHost, ...], tmp_path: Path
 ) -> None:
     server, _ = srv
     h1, h2 = hosts
@@ -160,30 +101,30 @@ def test_hosts_are_listed_with_their_facts_and_refusals_keep_nothing(
         shown = api.get("/api/hosts/h1").json()
         assert shown["facts"]["free_memory_mb"] > 0
 
-        _refused(api.post("/api/hosts", json={"name": "h1", "uri": "qemu+tcp://10.9.9.9/system"}),
+        refused(api.post("/api/hosts", json={"name": "h1", "uri": "qemu+tcp://10.9.9.9/system"}),
                  409, "there is a host named h1 already")  # fmt: skip
-        _refused(api.post("/api/hosts", json={"name": "h9", "uri": h1.uri}), 409, "host h1 has")
-        _refused(api.post("/api/hosts", json={"name": "h9", "uri": "http://x/"}), 400, "qemu+tls")
-        _refused(api.post("/api/hosts", json={"name": "-h", "uri": h1.uri}), 400, "host name")
+        refused(api.post("/api/hosts", json={"name": "h9", "uri": h1.uri}), 409, "host h1 has")
+        refused(api.post("/api/hosts", json={"name": "h9", "uri": "http://x/"}), 400, "qemu+tls")
+        refused(api.post("/api/hosts", json={"name": "-h", "uri": h1.uri}), 400, "host name")
         gone = f"qemu+tcp://127.0.0.1:{free_port()}/system"
-        _refused(api.post("/api/hosts", json={"name": "h9", "uri": gone}), 409,
+        refused(api.post("/api/hosts", json={"name": "h9", "uri": gone}), 409,
                  "cannot add host h9", "firewall", "libvirtd")  # fmt: skip
         no_cert = tmp_path / "no-cert"
         no_cert.mkdir()
         shutil.copy(h2.client_pki / "cacert.pem", no_cert / "cacert.pem")  # type: ignore[operator]
         body = {"name": "h9", "uri": h2.uri.split("?")[0], "tls_cert": str(no_cert)}
-        _refused(api.post("/api/hosts", json=body), 409, "cannot add host h9", "clientcert.pem")
+        refused(api.post("/api/hosts", json=body), 409, "cannot add host h9", "clientcert.pem")
         assert [h["name"] for h in api.get("/api/hosts").json()] == ["local", "h1", "h2"]
-        _refused(api.delete("/api/hosts/local"), 409, "drain it")
-        _refused(api.get("/api/hosts/nope"), 404, "virtlab host list")
+        refused(api.delete("/api/hosts/local"), 409, "drain it")
+        refused(api.get("/api/hosts/nope"), 404, "virtlab host list")
 
         made = api.post("/api/users", json={"name": "hostuser"}).json()
     token = server.login("hostuser", made["password"])
     with server.client(token=token) as user:
         assert [h["name"] for h in user.get("/api/hosts").json()] == ["local", "h1", "h2"]
-        _refused(user.post("/api/hosts", json={"name": "h9", "uri": h1.uri}), 403)
-        _refused(user.post("/api/hosts/h1/drain", json={}), 403)
-        _refused(user.delete("/api/hosts/h1"), 403)
+        refused(user.post("/api/hosts", json={"name": "h9", "uri": h1.uri}), 403)
+        refused(user.post("/api/hosts/h1/drain", json={}), 403)
+        refused(user.delete("/api/hosts/h1"), 403)
 
     listing = cli(server, "host", "list")
     assert listing.returncode == 0 and re.search(r"h2 .*qemu\+tls", listing.stdout), listing
@@ -194,7 +135,7 @@ def test_hosts_are_listed_with_their_facts_and_refusals_keep_nothing(
 
 
 def test_a_node_on_a_named_host_boots_and_goes(
-    srv: tuple[Server, str], hosts: tuple[LibvirtHost, LibvirtHost]
+    srv: tuple[Server, str], hosts: tuple[LibvirtHost, ...]
 ) -> None:
     """Its serial console shows the boot from the first line; the base reaches the host once;
     stop and delete work, and the host cannot be removed while the node is there."""
@@ -202,18 +143,18 @@ def test_a_node_on_a_named_host_boots_and_goes(
     h1, _ = hosts
     pool = h1.folder("lib") / "virtlab"
     with server.client() as api:
-        node = _node(api, image, "on-h1", host="h1")
+        node = make_node(api, image, "on-h1", host="h1")
         assert node["host"] == "h1" and node["state"] == "stopped"
         bases = {p.name: p.stat().st_mtime_ns for p in pool.glob("base-*")}
         assert bases, "the first node on a host pushes its base there"
-        other = _node(api, image, "on-h1b", host="h1")
+        other = make_node(api, image, "on-h1b", host="h1")
         assert {p.name: p.stat().st_mtime_ns for p in pool.glob("base-*")} == bases, "reused"
         assert _act(api, node, "start")["state"] == "running"
-        boot = asyncio.run(_serial_until(server, node, BOOT_MARKER.encode()))
+        boot = _boot_log(server, node)
         assert b"SYSLINUX" in boot, boot[:300]
         assert h1.qemu_pids(), "it runs on the host, under its libvirtd"
 
-        detail = _refused(api.delete("/api/hosts/h1"), 409, "on-h1", "on-h1b", "host drain h1")
+        detail = refused(api.delete("/api/hosts/h1"), 409, "on-h1", "on-h1b", "host drain h1")
         assert "2 node(s)" in detail
         stopped = _act(api, node, "stop", timeout=60)
         assert stopped["state"] == "stopped", stopped
@@ -230,19 +171,19 @@ def test_placement_spreads_refuses_without_room_and_skips_drained_hosts(
     with server.client() as api:
         for i in range(3):  # spread: each to the host with the most room
             rooms = {h["name"]: h["room_mb"] for h in api.get("/api/hosts").json()}
-            assert _node(api, image, f"p{i}")["host"] == max(rooms, key=rooms.__getitem__)
+            assert make_node(api, image, f"p{i}")["host"] == max(rooms, key=rooms.__getitem__)
             after = {h["name"]: h["room_mb"] for h in api.get("/api/hosts").json()}
             assert sum(rooms.values()) - sum(after.values()) == 128, "its RAM is promised"
         too_big = api.post("/api/nodes", json={"name": "big", "image": image, "ram_mb": 1 << 20})
-        _refused(too_big, 409, "no host has room for node big", "h1", "virtlab host add")
+        refused(too_big, 409, "no host has room for node big", "h1", "virtlab host add")
         assert all(n["name"] != "big" for n in api.get("/api/nodes").json()), "nothing kept"
 
         assert api.post("/api/hosts/h1/drain", json={}).json()["drained"]
         assert cli(server, "host", "drain", "h2").returncode == 0
-        assert [_node(api, image, f"q{i}")["host"] for i in range(2)] == ["local", "local"]
-        _refused(api.post("/api/nodes", json={"name": "q9", "image": image, "host": "h1"}),
+        assert [make_node(api, image, f"q{i}")["host"] for i in range(2)] == ["local", "local"]
+        refused(api.post("/api/nodes", json={"name": "q9", "image": image, "host": "h1"}),
                  409, "host h1 is drained")  # fmt: skip
-        _refused(api.post("/api/nodes", json={"name": "q9", "image": image, "host": "h7"}),
+        refused(api.post("/api/nodes", json={"name": "q9", "image": image, "host": "h7"}),
                  404, "no host 'h7'")  # fmt: skip
         assert cli(server, "host", "drain", "h2", "--undo").returncode == 0
         api.post("/api/hosts/h1/drain", json={"drained": False})
@@ -254,27 +195,27 @@ def test_placement_spreads_refuses_without_room_and_skips_drained_hosts(
 
 
 def test_a_host_that_stops_answering_makes_its_nodes_unknown_until_it_is_back(
-    srv: tuple[Server, str], hosts: tuple[LibvirtHost, LibvirtHost]
+    srv: tuple[Server, str], hosts: tuple[LibvirtHost, ...]
 ) -> None:
     server, image = srv
     _, h2 = hosts
     with server.client() as api:
-        a = _node(api, image, "u1", host="h1")
-        b = _node(api, image, "u2", host="h2")
+        a = make_node(api, image, "u1", host="h1")
+        b = make_node(api, image, "u2", host="h2")
         for node in (a, b):
             assert _act(api, node, "start")["state"] == "running"
 
-    _watch(server, h2.stop_daemon, is_("u2", "unknown"))
+    watch(server, h2.stop_daemon, node_is("u2", "unknown"))
     with server.client() as api:
         assert api.get(f"/api/nodes/{b['id']}").json()["state"] == "unknown"
-        _refused(api.post(f"/api/nodes/{b['id']}/stop"), 409, "its host does not answer")
+        refused(api.post(f"/api/nodes/{b['id']}/stop"), 409, "its host does not answer")
         host = api.get("/api/hosts/h2").json()
         assert not host["reachable"] and host["reason"]
         assert api.get(f"/api/nodes/{a['id']}").json()["state"] == "running", "h1 runs on"
         assert _act(api, a, "suspend")["state"] == "suspended"
         assert _act(api, a, "resume")["state"] == "running"
 
-    _watch(server, h2.start_daemon, is_("u2", "running"))
+    watch(server, h2.start_daemon, node_is("u2", "running"))
     with server.client() as api:
         assert api.get("/api/hosts/h2").json()["reachable"]
         for node in (a, b):
@@ -344,27 +285,27 @@ def test_a_lab_across_two_hosts_pings_over_udp_tunnels(srv: tuple[Server, str]) 
     asyncio.run(ping())
     with server.client(timeout=600) as api:
         more = api.post("/api/links", json={"lab": "across", "a": "b:eth1", "b": "c:eth1"})
-        _refused(more, 409, "cannot add a link to b and c now", "stop b and c")
-        _refused(api.post(f"/api/links/{ab['id']}/capture/start"), 409, "cannot be captured")
+        refused(more, 409, "cannot add a link to b and c now", "stop b and c")
+        refused(api.post(f"/api/links/{ab['id']}/capture/start"), 409, "cannot be captured")
         assert not api.get(f"/api/links/{ab['id']}").json()["capturing"], "nothing changed"
-        local = _node(api, image, "loc", host="local", lab="across")
+        local = make_node(api, image, "loc", host="local", lab="across")
         cross = api.post("/api/links", json={"lab": "across", "a": "loc:eth0", "b": "b:eth1"})
-        _refused(cross, 409, "cannot add a link to b now", "stop b, add the link")
+        refused(cross, 409, "cannot add a link to b now", "stop b, add the link")
         assert api.delete(f"/api/nodes/{local['id']}").status_code == 204
         assert api.delete("/api/labs/across").status_code == 204
 
 
 def test_a_server_that_starts_while_a_host_is_down_adopts_its_nodes_when_it_answers(
-    srv: tuple[Server, str], hosts: tuple[LibvirtHost, LibvirtHost]
+    srv: tuple[Server, str], hosts: tuple[LibvirtHost, ...]
 ) -> None:
     """Last in the module: it restarts the module's server."""
     server, image = srv
     _, h2 = hosts
     with server.client() as api:
-        node = _node(api, image, "rs1", host="h2")
+        node = make_node(api, image, "rs1", host="h2")
         assert _act(api, node, "start")["state"] == "running"
         # booted before the server goes: what it printed is in the scrollback it keeps
-        assert asyncio.run(_serial_until(server, node, BOOT_MARKER.encode()))
+        assert _boot_log(server, node)
     server.stop()
     h2.stop_daemon()
     server.start()
@@ -373,9 +314,9 @@ def test_a_server_that_starts_while_a_host_is_down_adopts_its_nodes_when_it_answ
         host = api.get("/api/hosts/h2").json()
         assert not host["reachable"] and "cannot connect to host h2" in host["reason"], host
         assert api.get("/api/hosts/h1").json()["reachable"]
-    _watch(server, h2.start_daemon, is_("rs1", "running"))
+    watch(server, h2.start_daemon, node_is("rs1", "running"))
     with server.client() as api:
-        boot = asyncio.run(_serial_until(server, node, BOOT_MARKER.encode()))
+        boot = _boot_log(server, node)
         assert boot, "its console is back, scrollback included"
         assert _act(api, node, "kill")["state"] == "stopped"
         assert api.delete(f"/api/nodes/{node['id']}").status_code == 204

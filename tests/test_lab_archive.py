@@ -75,6 +75,20 @@ def read_member(tar: tarfile.TarFile, name: str) -> bytes:
     return f.read()
 
 
+def save_archive(client: httpx.Client, lab: str, path: Path, **params: str) -> dict:
+    """Download ``lab``'s archive to ``path``; its manifest."""
+    archive = client.get(f"/api/labs/{lab}/archive", params=params)
+    assert archive.status_code == 200, archive.text
+    path.write_bytes(archive.content)
+    with tarfile.open(path) as tar:
+        return json.loads(read_member(tar, "manifest.json"))
+
+
+def qemu_img_info(image: Path) -> dict:
+    argv = ["qemu-img", "info", "--output=json", "-f", "qcow2", str(image)]
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
 def state_of(server: Server) -> dict:
     """What an import must not leave behind when it fails."""
     with server.client() as client:
@@ -151,10 +165,7 @@ def test_the_archive_holds_the_lab_its_disks_and_its_images(origin: Origin, tmp_
     assert manifest["images"] == [
         {"sha256": sha, "name": origin.image["name"], "kind": "disk", "included": True}
     ]
-    info = json.loads(subprocess.run(
-        ["qemu-img", "info", "--output=json", "-f", "qcow2", str(tmp_path / "nodes/r1.qcow2")],
-        capture_output=True, text=True, check=True,
-    ).stdout)  # fmt: skip
+    info = qemu_img_info(tmp_path / "nodes/r1.qcow2")
     assert info["backing-filename"] == f"{sha}.qcow2"  # a placeholder, not a path of server A
     assert info["backing-filename-format"] == "qcow2"
     with tarfile.open(origin.without_images) as tar:
@@ -342,12 +353,9 @@ topology:
 """
         made = client.post("/api/labs", json={"topology": text, "start": False})
         assert made.status_code == 201, made.text
-        archive = client.get("/api/labs/install/archive", params={"images": "true"})
-        assert archive.status_code == 200, archive.text
-    path = tmp_path_factory.mktemp("cdrom") / "install.tar"
-    path.write_bytes(archive.content)
+        path = tmp_path_factory.mktemp("cdrom") / "install.tar"
+        manifest = save_archive(client, "install", path, images="true")
     with tarfile.open(path) as tar:
-        manifest = json.loads(read_member(tar, "manifest.json"))
         assert tar.getnames()[2:] == ["nodes/pc.qcow2", f"images/{image['sha256']}.iso"]
     assert manifest["nodes"][0]["disk"] == "blank" and manifest["images"][0]["kind"] == "cdrom"
 
@@ -366,11 +374,7 @@ topology:
         assert (local["kind"], local["sha256"]) == ("cdrom", image["sha256"])
         node = client.get("/api/labs/install").json()["node_list"][0]
         assert (node["image"], node["state"]) == (local["name"], "stopped")
-    disk = json.loads(subprocess.run(
-        ["qemu-img", "info", "--output=json", "-f", "qcow2",
-         str(server.data_dir / "nodes" / node["id"] / "disk.qcow2")],
-        capture_output=True, text=True, check=True,
-    ).stdout)  # fmt: skip
+    disk = qemu_img_info(server.data_dir / "nodes" / node["id"] / "disk.qcow2")
     assert disk["virtual-size"] == 64 << 20 and "backing-filename" not in disk
 
 
@@ -383,26 +387,15 @@ def test_checkpoints_travel_inside_the_disks_with_their_records(
     """A lab checkpoint and a node's own one, archived, imported on another server and resumed
     there; imported with --no-checkpoints, none is left in the disks; a manifest that does not
     match the disk's snapshots is refused."""
-    text = f"""
-name: snap
-topology:
-  defaults: {{image: {origin.image["name"]}, ram_mb: 128, nics: 1, vnc: false}}
-  nodes: {{s1: {{}}}}
-"""
     with origin.server.client(timeout=600) as client:
-        assert client.post("/api/labs", json={"topology": text}).status_code == 201
-        node = client.get("/api/nodes/snap:s1").json()
+        node = one_node_lab(client, origin, "snap", "s1")
         asyncio.run(run_on(origin.server, node, "VAR=travelled"))
         assert client.post("/api/labs/snap/checkpoints", json={"tag": "lab"}).status_code == 201
         assert client.post("/api/nodes/snap:s1/checkpoints", json={"tag": "own"}).status_code == 201
         saved = {c["tag"]: c for c in client.get("/api/nodes/snap:s1/checkpoints").json()}
         assert client.post("/api/nodes/snap:s1/kill").status_code == 200
-        archive = client.get("/api/labs/snap/archive")
-        assert archive.status_code == 200, archive.text
-    path = tmp_path / "snap.tar"
-    path.write_bytes(archive.content)
-    with tarfile.open(path) as tar:
-        manifest = json.loads(read_member(tar, "manifest.json"))
+        path = tmp_path / "snap.tar"
+        manifest = save_archive(client, "snap", path)
     listed = manifest["nodes"][0]["checkpoints"]
     assert [(c["tag"], c["lab"]) for c in listed] == [("lab", True), ("own", False)]
     assert all(c["machine"].startswith("pc-i440fx-") and c["accel"] for c in listed)
@@ -431,10 +424,7 @@ topology:
         bare_node = client.get("/api/nodes/bare:s1").json()
         assert client.get("/api/nodes/bare:s1/checkpoints").json() == []
     disk = server.data_dir / "nodes" / bare_node["id"] / "disk.qcow2"
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2",
-                                      str(disk)], capture_output=True, text=True,
-                                     check=True).stdout)  # fmt: skip
-    assert "snapshots" not in info
+    assert "snapshots" not in qemu_img_info(disk)
 
     lying = {**manifest, "nodes": [{**manifest["nodes"][0], "checkpoints": listed[:1]}]}
     before = state_of(server)
@@ -446,6 +436,18 @@ topology:
     assert response.status_code == 400, response.text
     assert "holds the checkpoints 'lab', 'own' but its manifest lists lab" in response.text
     assert state_of(server) == before
+
+
+def one_node_lab(client: httpx.Client, origin: Origin, lab: str, node: str) -> dict:
+    """Deploy and start lab ``lab`` of one node ``node`` from the origin's image; the node."""
+    text = f"""
+name: {lab}
+topology:
+  defaults: {{image: {origin.image["name"]}, ram_mb: 128, nics: 1, vnc: false}}
+  nodes: {{{node}: {{}}}}
+"""
+    assert client.post("/api/labs", json={"topology": text}).status_code == 201
+    return client.get(f"/api/nodes/{lab}:{node}").json()
 
 
 async def run_on(server: Server, node: dict, command: str, *, booted: bool = True) -> str:
@@ -464,42 +466,25 @@ def test_a_snapshot_without_a_record_is_left_out_of_the_archive(
     """An internal snapshot the catalog has no record of (made with ``qemu-img`` while the node
     was stopped) is deleted from the disk's copy, whose backing file is by then a placeholder
     that does not exist; the recorded checkpoint stays, and the node's own disk keeps both."""
-    text = f"""
-name: strays
-topology:
-  defaults: {{image: {origin.image["name"]}, ram_mb: 128, nics: 1, vnc: false}}
-  nodes: {{t1: {{}}}}
-"""
     with origin.server.client(timeout=600) as client:
-        assert client.post("/api/labs", json={"topology": text}).status_code == 201
-        node = client.get("/api/nodes/strays:t1").json()
+        node = one_node_lab(client, origin, "strays", "t1")
         made = client.post("/api/nodes/strays:t1/checkpoints", json={"tag": "kept"})
         assert made.status_code == 201, made.text
         assert client.post("/api/nodes/strays:t1/kill").status_code == 200
         disk = origin.server.data_dir / "nodes" / node["id"] / "disk.qcow2"
         subprocess.run(["qemu-img", "snapshot", "-c", "stray", str(disk)], check=True)
-        archive = client.get("/api/labs/strays/archive")
-        assert archive.status_code == 200, archive.text
-    path = tmp_path / "strays.tar"
-    path.write_bytes(archive.content)
+        path = tmp_path / "strays.tar"
+        manifest = save_archive(client, "strays", path)
     with tarfile.open(path) as tar:
-        manifest = json.loads(read_member(tar, "manifest.json"))
         tar.extract("nodes/t1.qcow2", tmp_path, filter="data")
     assert [c["tag"] for c in manifest["nodes"][0]["checkpoints"]] == ["kept"]
 
     def tags(image: Path) -> list[str]:
-        info = json.loads(subprocess.run(
-            ["qemu-img", "info", "--output=json", "-f", "qcow2", str(image)],
-            capture_output=True, text=True, check=True,
-        ).stdout)  # fmt: skip
-        return sorted(s["name"] for s in info.get("snapshots", []))
+        return sorted(s["name"] for s in qemu_img_info(image).get("snapshots", []))
 
     copied = tmp_path / "nodes/t1.qcow2"
     assert tags(copied) == ["kept"]
-    assert json.loads(subprocess.run(
-        ["qemu-img", "info", "--output=json", "-f", "qcow2", str(copied)],
-        capture_output=True, text=True, check=True,
-    ).stdout)["backing-filename"] == f"{origin.image['sha256']}.qcow2"  # fmt: skip
+    assert qemu_img_info(copied)["backing-filename"] == f"{origin.image['sha256']}.qcow2"
     assert tags(disk) == ["kept", "stray"]
     assert list((origin.server.data_dir / "staging").iterdir()) == []
     with origin.server.client(timeout=600) as client:  # a stopped node's, opened alone too

@@ -22,41 +22,32 @@ pytest.importorskip(
     "libvirt", reason="libvirt-python is not installed: pip install -e '.[libvirt]'"
 )
 
-from support.bootdisk import boot_disk
-from support.fake_peers import short_dir
-from support.libvirt_hosts import LibvirtHost, free_port, have_libvirtd
+from support.hosts_server import hosts_server, libvirt_hosts, needs_libvirtd
+from support.libvirt_hosts import LibvirtHost, free_port
 from support.server import Server
 
 if TYPE_CHECKING:
     from support.browser import UI  # imported by pytest_plugins, so that pytest rewrites it
 
 pytest_plugins = ["support.browser"]
-NEEDS = "apt-get install libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not have_libvirtd(), reason=NEEDS)]
+pytestmark = [pytest.mark.slow, needs_libvirtd]
 
 HOST_CHANGE = 60_000  # ms: libvirt's keepalive, then the reconnect back-off (10 s at most)
 
 
 @pytest.fixture(scope="module")
 def h1() -> Iterator[LibvirtHost]:
-    with short_dir("vhu-") as root, LibvirtHost.start(root / "h1") as host:
+    with libvirt_hosts("vhu-", "h1") as (host,):
         yield host
 
 
 @pytest.fixture(scope="module")
 def srv(h1: LibvirtHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
     """A server with the boot disk imported and a lab ``hl``; h1 is added by the first test."""
-    # TCG everywhere: this machine's libvirt offers a KVM that cannot run guests (nested).
-    server = Server(tmp_path_factory.mktemp("data"), env={"VIRTLAB_ACCEL": "tcg"}).start()
-    try:
+    with hosts_server(tmp_path_factory) as (server, image):
         with server.client() as api:
-            raw = boot_disk(tmp_path_factory).read_bytes()
-            image = api.put("/api/images/boot.img", content=raw).json()["name"]
             api.post("/api/labs", json={"name": "hl"}).raise_for_status()
         yield server, image
-    finally:
-        server.kill_nodes()
-        server.stop()
 
 
 def _row(page: Page, host: str) -> Locator:
