@@ -94,14 +94,14 @@ def one_run(work: Path, env: dict[str, str], existing: Path) -> dict[str, tuple[
 
 
 def bench_startup(work: Path, sides: dict[str, dict[str, str]], runs: int) -> dict[str, dict]:
-    """Median of each figure per side; the sides alternate within each run."""
+    """Each figure (wall, CPU) of each run per side; the sides take turns going first."""
     existing = {name: work / f"existing-{i}" for i, name in enumerate(sides)}
     for name, env in sides.items():  # make each side's existing data directory
         *_, server = _start(existing[name], env)
         server.stop()
     samples: dict[str, dict[str, list]] = {n: {f: [] for f in FIGURES} for n in sides}
     for run in range(runs):
-        order = list(sides) if run % 2 == 0 else list(reversed(sides))
+        order = list(sides)[run % len(sides) :] + list(sides)[: run % len(sides)]
         for name in order:
             for figure, value in one_run(work, sides[name], existing[name]).items():
                 samples[name][figure].append(value)
@@ -125,13 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
-        "--baseline-src", type=Path, help="another tree's src/ to measure beside this one (A/B)"
+        "--baseline-src",
+        type=Path,
+        action="append",
+        default=[],
+        help="another tree's src/ to measure beside this one (A/B); may be given again",
     )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     sides = {"this": server_env(REPO / "src")}
-    if args.baseline_src:
-        sides["baseline"] = server_env(args.baseline_src)
+    for i, src in enumerate(args.baseline_src):
+        sides[f"base{i + 1}" if len(args.baseline_src) > 1 else "baseline"] = server_env(src)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="vl-start-", dir=args.workdir) as tmp:
         results = bench_startup(Path(tmp), sides, args.runs)
