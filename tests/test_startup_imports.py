@@ -62,3 +62,16 @@ def test_the_cli_leaves_out_the_server_stack() -> None:
         "websockets", "virtlab.settings", "virtlab.nodes.qemu.probe", "virtlab.runtime",
     ):  # fmt: skip
         assert absent not in loaded, absent
+
+
+def test_virtlab_serve_does_not_build_the_client_commands() -> None:
+    loaded = _modules(
+        "import contextlib, sys\n"
+        "sys.argv = ['virtlab', 'serve', '--help']\n"
+        "from virtlab.cli.main import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main()\n"
+    )
+    assert "virtlab.cli.serve" in loaded
+    for absent in ("httpx", "virtlab.cli.client", "virtlab.cli.images", "virtlab.cli.doctor"):
+        assert absent not in loaded, absent
