@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import compileall
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import virtlab
 from support.bootdisk import boot_disk
 from support.server import Server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With PYTHONDONTWRITEBYTECODE set (as in this lab's shells), every server and CLI command
+    a test starts, each a new interpreter, would compile all of virtlab's modules from source
+    again: about 0.4 s of CPU per server start (docs/benchmarks.md, "Start-up"). Compile them
+    once per session, beside the sources (``__pycache__``, git-ignored), where every interpreter
+    reads them; an up-to-date file is only checked (its source's mtime and size)."""
+    if sys.flags.dont_write_bytecode:
+        compileall.compile_dir(Path(virtlab.__file__).parent, quiet=1)
 
 
 @pytest.fixture(scope="module")

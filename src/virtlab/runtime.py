@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import importlib.util
 import logging
 import os
 import socket
@@ -26,6 +26,7 @@ from virtlab.images.importer import Importer, ImportLimits
 from virtlab.images.progress import ImportJobs
 from virtlab.images.qemu_img import QemuImg
 from virtlab.images.store import ImageStore
+from virtlab.nodes.driver import NodeDriver
 from virtlab.nodes.memory import RamLedger, memory_budget
 from virtlab.nodes.ports import PortRange
 from virtlab.nodes.qemu.driver import QemuDriver
@@ -210,8 +211,21 @@ class Runtime:
         if self.settings.loop_stall_ms > 0:
             self.loop_watch = LoopWatch(threshold=self.settings.loop_stall_ms / 1000)
             self.loop_watch.start()
-        await asyncio.to_thread(self._start_catalog)
-        verdict = await asyncio.to_thread(self.accel)
+        self.settings.check_socket_paths()
+        self.settings.check_console_exposure()
+        self.settings.check_udp_ports()
+        # The accelerator is found beside the catalog's start, in a thread of its own: its
+        # probe is another process (a test guest booted on a new data directory; `qemu
+        # --version` on every start), the catalog's start is mostly in sqlite and argon2.
+        probe = asyncio.ensure_future(asyncio.to_thread(self.accel))
+        try:
+            await asyncio.to_thread(self._start_catalog)
+        except BaseException:
+            await asyncio.wait([probe])  # the catalog's error is the one to report
+            if not probe.cancelled():
+                probe.exception()
+            raise
+        verdict = await probe
         log.info("accelerator: %s (%s)", verdict.value, self.accel_verdict.reason)  # type: ignore[union-attr]
         await self.hosts.start()
         await self.nodes.adopt_all()
@@ -220,9 +234,6 @@ class Runtime:
         self.labs.recover()
 
     def _start_catalog(self) -> None:
-        self.settings.check_socket_paths()
-        self.settings.check_console_exposure()
-        self.settings.check_udp_ports()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings.nodes_dir.mkdir(parents=True, exist_ok=True)
         self.images.store.ensure_layout()
@@ -258,14 +269,21 @@ class Runtime:
 def _libvirt_connector(accel: str) -> Connector | None:
     """How the host service reaches libvirt hosts; None when libvirt-python is missing.
     ``accel`` is the server's setting: kvm or tcg on every host; auto: KVM where a host offers
-    it (a host is not probed by booting a guest, as the local one is)."""
-    try:
-        from virtlab.hosts.driver import LibvirtDriver
-    except ImportError:
+    it (a host is not probed by booting a guest, as the local one is).
+
+    The libvirt driver (and libvirt-python) is imported at the first connection, not at
+    start-up: a server without libvirt hosts never loads it."""
+    if importlib.util.find_spec("libvirt") is None:
         log.info("libvirt-python is not installed: no libvirt hosts (pip install virtlab[libvirt])")
         return None
     chosen = None if accel == "auto" else Accel(accel)
-    return functools.partial(LibvirtDriver.connect, accel=chosen)
+
+    async def connect(name: str, uri: str, timeout: float) -> tuple[NodeDriver, dict]:
+        from virtlab.hosts.driver import LibvirtDriver
+
+        return await LibvirtDriver.connect(name, uri, timeout, accel=chosen)
+
+    return connect
 
 
 def _job_event(job) -> dict:  # type: ignore[no-untyped-def]

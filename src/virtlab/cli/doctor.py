@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -24,10 +23,10 @@ from virtlab.cli.client import ApiError, Client
 from virtlab.cli.hosts import describe
 from virtlab.cli.options import UrlOpt
 from virtlab.errors import VirtlabError
-from virtlab.nodes.memory import memory_budget
 from virtlab.nodes.ports import DEFAULT_TELNET_PORTS, DEFAULT_VNC_PORTS, PortRange
-from virtlab.nodes.qemu.probe import default_cache_path, find_binaries, probe_accelerator
-from virtlab.settings import Settings, default_data_dir
+
+# The probe, the settings and the memory budget (pydantic, pydantic-settings) are imported when
+# the doctor runs: every other command of the CLI imports this module too, and needs none of it.
 
 __all__ = ["collect", "doctor"]
 
@@ -52,6 +51,8 @@ def collect(
 ) -> dict[str, Any]:
     """The report as plain data; ``problems`` lists what keeps nodes from running, ``notes``
     what is worth knowing."""
+    from virtlab.nodes.qemu.probe import default_cache_path, find_binaries, probe_accelerator
+
     report: dict[str, Any] = {"qemu": None, "accelerator": None, "problems": [], "notes": []}
     problems: list[str] = report["problems"]
     try:
@@ -93,6 +94,11 @@ def collect(
 
 def _limits(problems: list[str]) -> dict[str, Any] | None:
     """The limits the server would apply with this environment's settings."""
+    from pydantic import ValidationError
+
+    from virtlab.nodes.memory import memory_budget
+    from virtlab.settings import Settings
+
     try:
         settings = Settings()
         budget = memory_budget(settings)
@@ -211,6 +217,8 @@ def doctor(
     """Check what this host offers: QEMU, accelerator, free disk, console ports, limits; with
     --usage, where you stand on the server; with --hosts, what each of the server's hosts
     offers and whether it answers."""
+    from virtlab.settings import default_data_dir
+
     err = Console(stderr=True)
     try:
         report = collect(

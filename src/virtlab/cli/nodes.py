@@ -14,7 +14,6 @@ from rich.table import Column, Table
 from virtlab.cli.checkpoints import ForceOpt, FromOpt, resume_nodes
 from virtlab.cli.client import ApiError, Client
 from virtlab.cli.options import JsonOpt, UrlOpt, call, err, out
-from virtlab.cli.serial_console import run_console
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -202,6 +201,8 @@ def console(node: str, url: UrlOpt = None) -> None:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc
     ws_url = client.url.replace("http", "ws", 1) + record["consoles"]["serial"]["ws"]
+    from virtlab.cli.serial_console import run_console  # websockets: this command's alone
+
     raise typer.Exit(run_console(ws_url, record["name"], client.headers))
 
 

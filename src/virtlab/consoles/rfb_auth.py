@@ -33,9 +33,6 @@ import os
 import struct
 from pathlib import Path
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
 from virtlab.auth.tickets import NodeTickets
 
 __all__ = ["HANDSHAKE_TIMEOUT", "admit", "connect_qemu", "vnc_response"]
@@ -54,6 +51,11 @@ def _reverse_bits(byte: int) -> int:
 
 def vnc_response(password: str, challenge: bytes) -> bytes:
     """The answer to a 16-byte VNC Authentication challenge for ``password``."""
+    # cryptography is imported at the first VNC login, not with the server (a tenth of a second
+    # of every start-up otherwise).
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
     key = bytes(_reverse_bits(b) for b in password.encode("latin-1")[:8].ljust(8, b"\0"))
     encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
     return encryptor.update(challenge) + encryptor.finalize()

@@ -81,7 +81,7 @@ def _bounded(key: str, kind: type, description: str) -> Any:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Proto(enum.StrEnum):

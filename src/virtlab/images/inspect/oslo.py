@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-from oslo_utils.imageutils import format_inspector as fi
+from typing import TYPE_CHECKING
 
 from virtlab.images.formats import ImageFormat
 
 from .result import Inspection
 from .source import ImageSource
 from .verdict import format_name
+
+if TYPE_CHECKING:
+    from oslo_utils.imageutils import format_inspector as fi
 
 __all__ = ["HEAD_LIMIT", "OVERRIDDEN", "SecondOpinion", "disagreement", "second_opinion"]
 
@@ -90,6 +92,10 @@ class _Head:
 
 def second_opinion(src: ImageSource, limit: int = HEAD_LIMIT) -> SecondOpinion:
     """Run oslo's detection over the start of ``src`` (see the module docstring for why)."""
+    # Imported at the first inspection, not with the server: oslo.utils' import (its strutils
+    # compiles many regular expressions) is a tenth of a second of every start-up otherwise.
+    from oslo_utils.imageutils import format_inspector as fi
+
     try:
         wrapper = fi.InspectWrapper(_Head(src, limit))  # type: ignore[arg-type]
         while wrapper.read(CHUNK):
@@ -108,6 +114,8 @@ def second_opinion(src: ImageSource, limit: int = HEAD_LIMIT) -> SecondOpinion:
 
 
 def _objections(inspector: fi.FileInspector) -> tuple[str, ...]:
+    from oslo_utils.imageutils import format_inspector as fi
+
     try:
         inspector.safety_check()
     except fi.SafetyCheckFailed as exc:
