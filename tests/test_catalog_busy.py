@@ -1,5 +1,6 @@
 """The catalog database locked by another process (``BEGIN EXCLUSIVE`` from a ``sqlite3``
-connection of the test's own) while API writes arrive, and while a node's QEMU dies.
+connection of the test's own) while API writes arrive (nodes, labs, images, links), and while a
+node's QEMU dies.
 
 A write waits for the lock in a worker thread, so the server keeps answering meanwhile, and
 lands once the lock is released: none is lost. A lock held past the busy timeout is a 503 with
@@ -142,3 +143,55 @@ def test_a_lock_held_past_the_timeout_is_a_503_and_leaves_nothing_half_done(  # 
         assert client.put("/api/images/other.raw", content=image).status_code == 201
     srv.stop()
     assert_consistent(data_dir)
+
+
+def test_link_changes_wait_off_the_event_loop_and_a_refusal_changes_nothing(  # type: ignore[no-untyped-def]
+    make_server, tmp_path: Path, image: bytes
+) -> None:
+    """A link change (down, and a new link) on a locked catalog waits for the lock in a worker
+    thread: /api/health answers promptly the whole time, then each is refused with a 503 that
+    changed nothing (the link stays up, no second link), and goes through once the lock is gone."""
+    data_dir = tmp_path / "data"
+    timeout = 3.0
+    srv: Server = make_server({"VIRTLAB_CATALOG_BUSY_TIMEOUT": f"{timeout:g}"}, data_dir=data_dir)
+    with srv.client() as client:
+        base = client.put("/api/images/base.raw", content=image).json()["name"]
+        for name in ("a", "b"):
+            made = client.post("/api/nodes", json={"name": name, "image": base, "nics": 2})
+            assert made.status_code == 201, made.text
+        created = client.post("/api/links", json={"a": "a:eth0", "b": "b:eth0"})
+        assert created.status_code == 201, created.text
+        link = created.json()
+    down = {"state": "down"}
+    second = {"a": "a:eth1", "b": "b:eth1"}
+
+    with _locked(data_dir), srv.client() as client:
+        started = time.monotonic()
+        changes = [
+            _in_background(srv, lambda c: c.patch(f"/api/links/{link['id']}", json=down)),
+            _in_background(srv, lambda c: c.post("/api/links", json=second)),
+        ]
+        slowest = 0.0
+        while pending := [thread for thread, _ in changes if thread.is_alive()]:
+            asked = time.monotonic()
+            assert client.get("/api/health").status_code == 200
+            slowest = max(slowest, time.monotonic() - asked)
+            pending[0].join(0.05)  # until it ends, or the next health check is due
+        waited = time.monotonic() - started
+    # Both changes waited out the busy timeout (one after the other: link changes are
+    # serialised), and the event loop answered all along, never stalled for that long.
+    assert waited >= 2 * timeout, waited
+    assert slowest < timeout / 2, f"/api/health took {slowest:.2f} s while a link change waited"
+    for _, result in changes:
+        assert result[0].status_code == 503, result[0].text
+        assert int(result[0].headers["Retry-After"]) >= 1
+        detail = result[0].json()["detail"]
+        assert "catalog database stayed locked" in detail and "nothing was changed" in detail
+
+    with srv.client() as client:
+        assert client.get(f"/api/links/{link['id']}").json()["state"] == "up"
+        assert [x["id"] for x in client.get("/api/links").json()] == [link["id"]]
+        assert client.patch(f"/api/links/{link['id']}", json=down).json()["state"] == "down"
+        again = client.post("/api/links", json=second)
+        assert again.status_code == 201, again.text
+        assert len(client.get("/api/links").json()) == 2

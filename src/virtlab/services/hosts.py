@@ -29,7 +29,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from virtlab.catalog import Catalog
+from sqlalchemy.orm import Session
+
+from virtlab.catalog import Catalog, NodeRecord
 from virtlab.catalog.hosts import HostRecord, HostRepository
 from virtlab.catalog.nodes import NodeRepository
 from virtlab.errors import Conflict, HostUnreachable, InvalidRequest, NotFound
@@ -115,6 +117,7 @@ class HostService:
     after_up: Callable[[str], Awaitable[object]] | None = None  # a host answers (again)
     after_back: Callable[[str], Awaitable[object]] | None = None  # …again, its nodes adopted
     _reasons: dict[str, str] = field(default_factory=dict)  # host -> why it does not answer
+    _changes: asyncio.Lock = field(default_factory=asyncio.Lock)  # host_changed's row, in order
 
     def __post_init__(self) -> None:
         self.nodes.place = self.place
@@ -163,8 +166,9 @@ class HostService:
                 if mark_down is not None:
                     mark_down(self._reasons[name])
             else:
-                with self.catalog.session() as session:
-                    HostRepository(session).update(name, facts=facts, state="up")
+                await self.catalog.write(
+                    lambda session: HostRepository(session).update(name, facts=facts, state="up")
+                )
         return next(v for v in self.list() if v.record.name == name)
 
     # -- start-up -------------------------------------------------------------------------------
@@ -186,8 +190,9 @@ class HostService:
         driver, facts = await self.connect(record.name, record.uri, self.open_timeout)
         self._attach(record.name, driver)
         if facts:
-            with self.catalog.session() as session:
-                HostRepository(session).update(record.name, facts=facts, state="up")
+            await self.catalog.write(
+                lambda session: HostRepository(session).update(record.name, facts=facts, state="up")
+            )
             await self._answered(record.name)
         else:
             self._reasons[record.name] = getattr(driver, "down_reason", "") or "not answering"
@@ -231,8 +236,7 @@ class HostService:
             )
         record = HostRecord(name, uri, "up", datetime.now(UTC), facts)
         try:
-            with self.catalog.session() as session:
-                HostRepository(session).add(record)
+            await self.catalog.write(lambda session: HostRepository(session).add(record))
         except BaseException:
             await driver.close()
             raise
@@ -245,16 +249,18 @@ class HostService:
         record = self._record(name)
         if record.local:
             raise Conflict("the local host cannot be removed; drain it to keep new nodes off it")
-        with self.catalog.session() as session:
+
+        def remove_row(session: Session) -> None:  # no node placed there in between
             nodes = [n.name for n in NodeRepository(session).on_host(name)]
-        if nodes:
-            raise Conflict(
-                f"host {name} has {len(nodes)} node(s): {', '.join(nodes)}; drain it "
-                f"(`virtlab host drain {name}`) so no new node goes there, then delete its "
-                "nodes, then remove it"
-            )
-        with self.catalog.session() as session:
+            if nodes:
+                raise Conflict(
+                    f"host {name} has {len(nodes)} node(s): {', '.join(nodes)}; drain it "
+                    f"(`virtlab host drain {name}`) so no new node goes there, then delete its "
+                    "nodes, then remove it"
+                )
             HostRepository(session).remove(name)
+
+        await self.catalog.write(remove_row)
         await self.router.remove_host(name)
         self._reasons.pop(name, None)
         self._publish(name, "removed")
@@ -310,18 +316,26 @@ class HostService:
 
     async def host_changed(self, host: str, up: bool, node_ids: list[str]) -> None:
         """From a host's driver: its nodes are ``unknown`` while it does not answer; when it
-        answers again, they are what libvirt says (the driver re-adopted those it kept)."""
-        with self.catalog.session() as session:
+        answers again, they are what libvirt says (the driver re-adopted those it kept).
+
+        The host's row is written in a worker thread; changes of hosts are written one at a
+        time, in the order they came, so a host that goes down and up again at once ends up."""
+        down = "" if up else getattr(self.router.hosts.get(host), "down_reason", "")
+
+        def mark(session: Session) -> list[NodeRecord]:
             records = NodeRepository(session).on_host(host)
             HostRepository(session).update(host, state="up" if up else "down")
-        # The reason is kept before the event goes out: whoever reads the host on hearing it
-        # (the web UI's Hosts page) gets why, whether or not the host has nodes.
-        if up:
-            self._reasons.pop(host, None)
-        else:
-            down = getattr(self.router.hosts.get(host), "down_reason", "")
-            self._reasons[host] = down or "it stopped answering"
-            self._publish(host, "down")
+            return records
+
+        async with self._changes:
+            records = await self.catalog.write(mark)
+            # The reason is kept before the event goes out: whoever reads the host on hearing
+            # it (the web UI's Hosts page) gets why, whether or not the host has nodes.
+            if up:
+                self._reasons.pop(host, None)
+            else:
+                self._reasons[host] = down or "it stopped answering"
+                self._publish(host, "down")
         for record in records:
             state = NodeState(record.state)
             if not up and record.id in node_ids:

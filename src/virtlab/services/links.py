@@ -5,7 +5,8 @@ that is captured, impaired or streamed goes through a relay; when none of that i
 more it goes back to direct. A link with an end on a libvirt host is a UDP tunnel there, to the
 other host or to the server's relay (``virtlab.services.tunnels``; which path each link takes
 is :mod:`virtlab.services.link_wiring`). Changes to wiring are serialised by one lock; nodes
-may run.
+may run. Rows are written through ``Catalog.write`` (a worker thread): a catalog held busy by
+another writer never stalls the event loop, only the change that waits for it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.labs import LinkRecord, LinkRepository
@@ -90,7 +93,7 @@ class LinkService:
         with self.catalog.session() as session:
             record = LinkRepository(session).get(link_id)
         if record is None:
-            raise NotFound(f"no link {link_id!r}; `virtlab link list` shows the links")
+            raise _missing(link_id)
         return record
 
     def describe(self, link: LinkRecord) -> str:
@@ -152,24 +155,14 @@ class LinkService:
         async with self._lock:
             if tunnel:
                 record = replace(record, **self.tunnels.allocate(na, nb, via))  # type: ignore[union-attr]
-            with self.catalog.session() as session:
-                repo = LinkRepository(session)
-                for node, index in ends:
-                    taken = repo.at(node.id, index)
-                    if taken is not None:
-                        raise Conflict(
-                            f"{node.name}:eth{index} already carries the link "
-                            f"{self.describe(taken)}; an interface carries one link at most"
-                        )
-                repo.add(record)
+            await self.catalog.write(lambda session: _add_row(session, record, ends))
             try:
                 await self.wiring.settle(record)
                 await self._apply_state(record)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await self.wiring.unwire(record)
-                with self.catalog.session() as session:
-                    LinkRepository(session).remove(record.id)
+                await self.catalog.write(lambda s: LinkRepository(s).remove(record.id))
                 raise
         self._publish(record)
         return record
@@ -182,8 +175,7 @@ class LinkService:
                 node = self.node_of(node_id)  # tunnel is gone from its next start
                 if node.host != LOCAL_HOST and NodeState(node.state) in RUNNING:
                     await self.nodes.driver.set_link(node_id, index, False)
-            with self.catalog.session() as session:
-                LinkRepository(session).remove(link.id)
+            await self.catalog.write(lambda session: LinkRepository(session).remove(link.id))
         self._publish(link, deleted=True)
         return link
 
@@ -191,8 +183,7 @@ class LinkService:
         if state not in ("up", "down"):
             raise InvalidRequest(f"a link's state is up or down, not {state!r}")
         async with self._lock:
-            with self.catalog.session() as session:
-                link = LinkRepository(session).update(self.get(link_id).id, state=state)
+            link = await self._update(link_id, state=state)
             await self._apply_state(link)
         self._publish(link)
         return link
@@ -204,8 +195,7 @@ class LinkService:
             link = self.get(link_id)
             if stored:
                 await self._via_server(link, "impaired")
-            with self.catalog.session() as session:
-                link = LinkRepository(session).update(link.id, impairment=stored)
+            link = await self._update(link.id, impairment=stored)
             await self.wiring.settle(link)
             relay = self.relay(link.id)
             if relay is not None:
@@ -217,8 +207,7 @@ class LinkService:
     async def start_capture(self, link_id: str) -> Path:
         async with self._lock:
             await self._via_server(self.get(link_id), "captured")
-            with self.catalog.session() as session:
-                link = LinkRepository(session).update(self.get(link_id).id, capturing=True)
+            link = await self._update(link_id, capturing=True)
             await self.wiring.settle(link)
             path = self.relay(link.id).capture_path  # type: ignore[union-attr]
             assert path is not None
@@ -227,8 +216,7 @@ class LinkService:
 
     async def stop_capture(self, link_id: str) -> LinkRecord:
         async with self._lock:
-            with self.catalog.session() as session:
-                link = LinkRepository(session).update(self.get(link_id).id, capturing=False)
+            link = await self._update(link_id, capturing=False)
             relay = self.relay(link.id)
             if relay is not None:
                 relay.stop_capture()
@@ -300,15 +288,25 @@ class LinkService:
             )
         self.tunnels.check(a, b, relayed=True)
         ports = self.tunnels.allocate_relay(a, b)
-        with self.catalog.session() as session:
-            routed = LinkRepository(session).update(link.id, **ports)
+        routed = await self._update(link.id, **ports)
         try:
             await self.wiring.settle(routed)
         except BaseException:
-            with self.catalog.session() as session:
-                LinkRepository(session).update(link.id, a_relay_port=None, b_relay_port=None)
+            await self._update(link.id, a_relay_port=None, b_relay_port=None)
             raise
         log.info("link %s goes through the server from now on", self.describe(link))
+
+    async def _update(self, link_id: str, **fields: object) -> LinkRecord:
+        """The link's row changed (read and written in one transaction, in a worker thread),
+        as written; :class:`NotFound` when the link is gone."""
+
+        def change(session: Session) -> LinkRecord:
+            repo = LinkRepository(session)
+            if repo.get(link_id) is None:
+                raise _missing(link_id)
+            return repo.update(link_id, **fields)
+
+        return await self.catalog.write(change)
 
     async def _apply_state(self, link: LinkRecord) -> None:
         """Carrier up or down on both NICs of running nodes (QMP set_link, or the NIC's link
@@ -356,3 +354,32 @@ class LinkService:
                 state="deleted" if deleted else link.state, capturing=link.capturing,
                 impairment=link.impairment, path=self.path(link),
             )  # fmt: skip
+
+
+def _missing(link_id: str) -> NotFound:
+    return NotFound(f"no link {link_id!r}; `virtlab link list` shows the links")
+
+
+def _add_row(session: Session, record: LinkRecord, ends: list[tuple[NodeRecord, int]]) -> None:
+    """The new link's row, refused when either interface carries a link already (checked in
+    the same transaction as the insert)."""
+    repo = LinkRepository(session)
+    for node, index in ends:
+        taken = repo.at(node.id, index)
+        if taken is not None:
+            raise Conflict(
+                f"{node.name}:eth{index} already carries the link {_ends(session, taken)}; an "
+                f"interface carries one link at most: remove that one first (`virtlab link rm "
+                f"{taken.id}`) or choose another interface"
+            )
+    repo.add(record)
+
+
+def _ends(session: Session, link: LinkRecord) -> str:
+    """``a:ethN <-> b:ethM`` from within a transaction (a node gone meanwhile: its id)."""
+    nodes = NodeRepository(session)
+    a, b = nodes.get(link.a_node), nodes.get(link.b_node)
+    return (
+        f"{a.name if a else link.a_node}:eth{link.a_iface} <-> "
+        f"{b.name if b else link.b_node}:eth{link.b_iface}"
+    )

@@ -124,7 +124,7 @@ class CheckpointService(CheckpointBook):
     ) -> list[CheckpointRecord]:  # fmt: skip
         """Rows first (``saving``), then the saves, then the rows ``ready``. All or none: on a
         failure every snapshot taken is removed, with its row."""
-        rows = [self.new_row(n, tag, lab_id) for n in nodes]
+        rows = [await self.new_row(n, tag, lab_id) for n in nodes]
 
         def keep_screens() -> None:  # while the guests are paused
             for node in nodes:
@@ -144,7 +144,7 @@ class CheckpointService(CheckpointBook):
                     log.warning("node %s: checkpoint %s not removed: %s", node.name, tag, undo)
             progress.publish("failed", detail=str(exc))
             raise
-        done = self.mark_saved(list(zip(rows, saved, strict=True)))
+        done = await self.mark_saved(list(zip(rows, saved, strict=True)))
         written = sum(r.vm_state_size for r in done)
         progress.publish("saved", written=written, ram_bytes=progress.ram_bytes)
         return done
@@ -270,11 +270,11 @@ class CheckpointService(CheckpointBook):
                 f"cannot delete checkpoint {row.tag} of node {node.name} while it is "
                 f"{node.state}; wait a moment and try again"
             )
-        self.set_state(row, DELETING)
+        await self.set_state(row, DELETING)
         try:
             await self._remove(node, row)
         except BaseException:
-            self.set_state(row, READY)
+            await self.set_state(row, READY)
             raise
         self._publish(self.nodes.lab_name(node.lab_id), node.name, row.tag, "deleted")
 
@@ -285,7 +285,7 @@ class CheckpointService(CheckpointBook):
         if has_disk and row.tag in await self.driver.checkpoints(spec):
             await self.driver.delete_checkpoint(spec, row.tag)
         screens.forget(self._dir(node), row.tag)
-        self.remove_row(row)
+        await self.remove_row(row)
 
     # -- start-up -----------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.orm import Session
+
 from virtlab.catalog import Catalog, NodeRecord, NodeRepository
 from virtlab.catalog.checkpoints import READY, SAVING, CheckpointRecord, CheckpointRepository
 from virtlab.catalog.labs import LabRecord
@@ -110,26 +112,25 @@ class CheckpointBook:
                 f"named {named}{case}; choose another tag, or delete that one first"
             )
 
-    # -- writing ------------------------------------------------------------------------------
+    # -- writing (each in one transaction, in a worker thread: see ``Catalog.write``) --------
 
-    def new_row(self, node: NodeRecord, tag: str, lab_id: str | None) -> CheckpointRecord:
+    async def new_row(self, node: NodeRecord, tag: str, lab_id: str | None) -> CheckpointRecord:
         """The row of a checkpoint about to be saved (``saving``)."""
         row = CheckpointRecord(
             id=secrets.token_hex(8), node_id=node.id, tag=tag, state=SAVING,
             created_at=datetime.now(UTC), ram_mb=node.ram_mb, lab_id=lab_id,
             accel=self.nodes.spec(node).accel.value,
         )  # fmt: skip
-        self.add_row(row)
+        await self.add_row(row)
         return row
 
-    def add_row(self, row: CheckpointRecord) -> None:
-        with self.catalog.session() as session:
-            CheckpointRepository(session).add(row)
+    async def add_row(self, row: CheckpointRecord) -> None:
+        await self.catalog.write(lambda session: CheckpointRepository(session).add(row))
 
-    def mark_saved(
+    async def mark_saved(
         self, pairs: list[tuple[CheckpointRecord, SavedState]]
     ) -> list[CheckpointRecord]:
-        with self.catalog.session() as session:
+        def mark(session: Session) -> list[CheckpointRecord]:
             repo = CheckpointRepository(session)
             done = []
             for row, saved in pairs:
@@ -140,10 +141,12 @@ class CheckpointBook:
                 ))  # fmt: skip
             return done
 
-    def set_state(self, row: CheckpointRecord, state: str) -> None:
-        with self.catalog.session() as session:
-            CheckpointRepository(session).update(row.id, state=state)
+        return await self.catalog.write(mark)
 
-    def remove_row(self, row: CheckpointRecord) -> None:
-        with self.catalog.session() as session:
-            CheckpointRepository(session).remove(row.id)
+    async def set_state(self, row: CheckpointRecord, state: str) -> None:
+        await self.catalog.write(
+            lambda session: CheckpointRepository(session).update(row.id, state=state)
+        )
+
+    async def remove_row(self, row: CheckpointRecord) -> None:
+        await self.catalog.write(lambda session: CheckpointRepository(session).remove(row.id))

@@ -290,7 +290,7 @@ class LabArchiver:
                     target = RunPaths(self.nodes.nodes_dir / record.id).disk
                     await asyncio.to_thread(disks.put_in_place, copies[record.name], target)
                 for saved in entries[record.name].checkpoints if keep_checkpoints else []:
-                    self.checkpoints.add_row(
+                    await self.checkpoints.add_row(
                         _checkpoint_row(saved, record, lab, sizes[record.name][saved.tag])
                     )
         except BaseException:
@@ -330,7 +330,7 @@ class LabArchiver:
             )
             if [(r.source_sha256, r.kind) for r in records] != [(entry.sha256, entry.kind)]:
                 for record in records:
-                    self.images.delete(record.name)
+                    await asyncio.to_thread(self.images.delete, record.name)
                 raise CorruptImage(
                     f"the archive's image {entry.name} is not the image its manifest names "
                     f"(sha256 {entry.sha256}); the archive is damaged or was altered"
