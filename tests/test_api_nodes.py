@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -84,6 +85,38 @@ async def _telnet_until(reader: asyncio.StreamReader, pattern: bytes, timeout: f
     return await asyncio.wait_for(loop(), timeout)
 
 
+async def _marker(server: Server, node: dict) -> None:
+    """Until the node's guest has booted: its marker on the serial console."""
+    url = server.ws_url(node["consoles"]["serial"]["ws"])
+    async with connect(url, additional_headers=server.headers) as ws:
+        await _ws_until(ws, MARKER)
+
+
+def _booted(server: Server, node: dict) -> dict:
+    """``node``, running a booted guest: started, and its boot awaited, unless it runs."""
+    with server.client() as client:
+        if client.get(f"/api/nodes/{node['name']}").json()["state"] == "running":
+            return node
+        _act(client, node["name"], "start")
+    asyncio.run(_marker(server, node))
+    return node
+
+
+@pytest.fixture(scope="module")
+def guest(lab: tuple[Server, str]) -> dict:
+    """Node v1, the module's booted guest: one boot serves the tests that only look at it or
+    talk to it (VNC, the CLI console) and the restart's test of a node that outlives the server
+    (which kills it, last). Only ever started by :func:`_booted`, which waits for the boot."""
+    server, image = lab
+    with server.client() as client:
+        return _create(client, image, "v1")
+
+
+@pytest.fixture
+def booted(lab: tuple[Server, str], guest: dict) -> dict:
+    return _booted(lab[0], guest)
+
+
 def test_a_node_boots_and_answers_on_every_console(lab: tuple[Server, str]) -> None:
     server, image = lab
     with server.client() as client:
@@ -142,11 +175,10 @@ def _png_is_not_blank(data: bytes) -> bool:
     return len(set(pixels)) > 3
 
 
-def test_vnc_speaks_rfb_through_the_websocket_and_the_tcp_port(lab: tuple[Server, str]) -> None:
-    server, image = lab
-    with server.client() as client:
-        node = _create(client, image, "v1")
-        _act(client, "v1", "start")
+def test_vnc_speaks_rfb_through_the_websocket_and_the_tcp_port(
+    lab: tuple[Server, str], booted: dict
+) -> None:
+    server, node = lab[0], booted  # booted: text on the screen before VNC is asked for it
 
     async def both() -> None:
         ws_url = server.url.replace("http", "ws") + node["consoles"]["vnc"]["ws"]
@@ -162,16 +194,50 @@ def test_vnc_speaks_rfb_through_the_websocket_and_the_tcp_port(lab: tuple[Server
         assert_not_blank(await rfb.framebuffer(width, height), bpp)
         writer.close()
 
-    # Wait for text on the screen before asking VNC for it.
-    async def booted() -> None:
-        serial = server.url.replace("http", "ws") + node["consoles"]["serial"]["ws"]
-        async with connect(serial, additional_headers=server.headers) as ws:
-            await _ws_until(ws, MARKER)
-
-    asyncio.run(booted())
     asyncio.run(both())
-    with server.client() as client:
-        _act(client, "v1", "kill")
+
+
+def test_the_cli_console_bridges_a_terminal(lab: tuple[Server, str], booted: dict) -> None:
+    server = lab[0]
+    virtlab = str(Path(sys.executable).with_name("virtlab"))
+    proc = subprocess.Popen(
+        [virtlab, "node", "console", booted["name"]],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **server.cli_env},
+    )
+    seen = bytearray()
+    grew = threading.Condition()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
+            with grew:
+                seen.extend(chunk)
+                grew.notify_all()
+
+    def wait_for(pattern: bytes) -> None:
+        with grew:
+            assert grew.wait_for(lambda: re.search(pattern, seen), 90), bytes(seen[-300:])
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        wait_for(MARKER)
+        assert proc.stdin is not None
+        proc.stdin.write(b"echo $((6*7))\r")
+        proc.stdin.flush()
+        wait_for(rb"\b42\b")
+        proc.stdin.write(b"\x1d")  # Ctrl-]
+        proc.stdin.flush()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
 
 
 def test_a_qemu_that_dies_makes_the_node_crashed_with_its_log(lab: tuple[Server, str]) -> None:
@@ -238,25 +304,48 @@ def test_suspend_resume_reset_wipe_and_delete(lab: tuple[Server, str]) -> None:
         assert client.get("/api/nodes/w1").status_code == 404
 
 
-def test_nodes_outlive_the_server_and_are_re_adopted(lab: tuple[Server, str]) -> None:
+@dataclass
+class Restart:
+    """What one restart of the server found: the booted guest had outlived it, and node d1's
+    QEMU had been killed while it was down."""
+
+    outlived: dict
+    died: dict
+    alive_while_down: bool  # the guest's QEMU, once the server had stopped
+
+
+@pytest.fixture(scope="module")
+def restart(lab: tuple[Server, str], guest: dict) -> Restart:
+    """One server restart serves the two tests of what a restart finds (each restart is a
+    server start-up). The guest has booted, so that its scrollback has something to keep."""
     server, image = lab
+    node = _booted(server, guest)
     with server.client() as client:
-        node = _create(client, image, "a1")
-        _act(client, "a1", "start")
-    ws_url = server.url.replace("http", "ws") + node["consoles"]["serial"]["ws"]
-
-    async def marker(url: str) -> None:
-        async with connect(url, additional_headers=server.headers) as ws:
-            await _ws_until(ws, MARKER)
-
-    asyncio.run(marker(ws_url))
-    pid = int((server.data_dir / "nodes" / node["id"] / "qemu.pid").read_text())
+        died = _create(client, image, "d1")
+        _act(client, "d1", "start")
+    pids = {
+        name: int((server.data_dir / "nodes" / record["id"] / "qemu.pid").read_text())
+        for name, record in (("outlived", node), ("died", died))
+    }
     server.stop()
-    os.kill(pid, 0)  # still alive without the server
+    try:
+        os.kill(pids["outlived"], 0)  # still alive without the server
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    os.kill(pids["died"], signal.SIGKILL)
     server.start()
+    return Restart(node, died, alive)
+
+
+def test_nodes_outlive_the_server_and_are_re_adopted(
+    lab: tuple[Server, str], restart: Restart
+) -> None:
+    server, name = lab[0], restart.outlived["name"]
+    assert restart.alive_while_down, "the guest's QEMU ended with the server"
     with server.client() as client:
-        assert client.get("/api/nodes/a1").json()["state"] == "running"
-    ws_url = server.url.replace("http", "ws") + node["consoles"]["serial"]["ws"]
+        assert client.get(f"/api/nodes/{name}").json()["state"] == "running"
+    ws_url = server.ws_url(restart.outlived["consoles"]["serial"]["ws"])
 
     async def talk() -> None:
         async with connect(ws_url, additional_headers=server.headers) as ws:
@@ -266,20 +355,14 @@ def test_nodes_outlive_the_server_and_are_re_adopted(lab: tuple[Server, str]) ->
 
     asyncio.run(talk())
     with server.client() as client:
-        _act(client, "a1", "kill")
+        _act(client, name, "kill")  # a QEMU the server did not start, and cannot reap
 
 
-def test_a_node_that_died_while_the_server_was_down_is_crashed(lab: tuple[Server, str]) -> None:
-    server, image = lab
-    with server.client() as client:
-        node = _create(client, image, "d1")
-        _act(client, "d1", "start")
-    pid = int((server.data_dir / "nodes" / node["id"] / "qemu.pid").read_text())
-    server.stop()
-    os.kill(pid, signal.SIGKILL)
-    server.start()
-    with server.client() as client:
-        record = client.get("/api/nodes/d1").json()
+def test_a_node_that_died_while_the_server_was_down_is_crashed(
+    lab: tuple[Server, str], restart: Restart
+) -> None:
+    with lab[0].client() as client:
+        record = client.get(f"/api/nodes/{restart.died['name']}").json()
     assert record["state"] == "crashed"
     assert "no longer running when the server restarted" in record["detail"]
 
@@ -306,51 +389,3 @@ def test_the_cli_drives_nodes(lab: tuple[Server, str]) -> None:
     refused = cli("node", "stop", "k1")
     assert refused.returncode == 1 and "it is stopped; start it first" in refused.stderr
     assert cli("node", "rm", "k1").returncode == 0
-
-
-def test_the_cli_console_bridges_a_terminal(lab: tuple[Server, str]) -> None:
-    server, image = lab
-    with server.client() as client:
-        _create(client, image, "t1")
-        _act(client, "t1", "start")
-    virtlab = str(Path(sys.executable).with_name("virtlab"))
-    proc = subprocess.Popen(
-        [virtlab, "node", "console", "t1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **server.cli_env},
-    )
-    seen = bytearray()
-    grew = threading.Condition()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
-            with grew:
-                seen.extend(chunk)
-                grew.notify_all()
-
-    def wait_for(pattern: bytes) -> None:
-        with grew:
-            assert grew.wait_for(lambda: re.search(pattern, seen), 90), bytes(seen[-300:])
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        wait_for(MARKER)
-        assert proc.stdin is not None
-        proc.stdin.write(b"echo $((6*7))\r")
-        proc.stdin.flush()
-        wait_for(rb"\b42\b")
-        proc.stdin.write(b"\x1d")  # Ctrl-]
-        proc.stdin.flush()
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe:
-                pipe.close()
-    with server.client() as client:
-        _act(client, "t1", "kill")

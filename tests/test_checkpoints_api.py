@@ -18,7 +18,6 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from support.bootdisk import boot_disk
 from support.bootiso import boot_iso
 from support.console import SerialShell
 from support.server import Server
@@ -223,14 +222,9 @@ def test_a_checkpoint_qemu_cannot_load_is_reported_and_the_node_still_boots(
         assert client.delete("/api/labs/odd").status_code == 204
 
 
-def test_checkpoints_outlive_a_server_restart(
-    make_server: Callable[..., Server], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    data = tmp_path / "d"
-    server = make_server(data_dir=data)
-    with server.client(timeout=600) as client:
-        raw = boot_disk(tmp_path_factory).read_bytes()
-        image = client.put("/api/images/boot.img", content=raw).json()["name"]
+def test_checkpoints_outlive_a_server_restart(booted_server: tuple[Server, str]) -> None:
+    """The module's server is stopped and started again over its data directory."""
+    server, image = booted_server
     lab_of(server, image, "keep", "k1")
     with server.client(timeout=600) as client:
         node = client.get("/api/nodes/keep:k1").json()
@@ -239,14 +233,15 @@ def test_checkpoints_outlive_a_server_restart(
             assert client.post("/api/labs/keep/checkpoints", json={"tag": tag}).status_code == 201
         assert client.post("/api/nodes/keep:k1/kill").status_code == 200
     # Behind the server's back: t2 leaves the disk, and a save that never finished is recorded.
-    disk = data / "nodes" / node["id"] / "disk.qcow2"
+    disk = server.data_dir / "nodes" / node["id"] / "disk.qcow2"
     subprocess.run(["qemu-img", "snapshot", "-d", "t2", str(disk)], check=True)
     with _catalog(server) as db:
-        db.execute("UPDATE checkpoints SET state = 'saving' WHERE tag = 't3'")
+        db.execute("UPDATE checkpoints SET state = 'saving' WHERE tag = 't3' AND node_id = ?",
+                   (node["id"],))  # fmt: skip
     server.stop()
 
-    again = make_server(data_dir=data)
-    with again.client(timeout=600) as client:
+    server.start()
+    with server.client(timeout=600) as client:
         kept = client.get("/api/labs/keep/checkpoints").json()
         assert [(c["tag"], c["state"]) for c in kept] == [("t1", "ready")]
         snapshots = json.loads(subprocess.run(
@@ -254,8 +249,8 @@ def test_checkpoints_outlive_a_server_restart(
             capture_output=True, text=True,
         ).stdout).get("snapshots", [])  # fmt: skip
         assert [s["name"] for s in snapshots] == ["t1"], "the half-saved t3 is out of the disk"
-        done = cli(again, "lab", "resume", "keep", "t1")
+        done = cli(server, "lab", "resume", "keep", "t1")
         assert done.returncode == 0, done.stderr
-        output = asyncio.run(type_on(again, node, 'echo "k=$KEPT"', boots=0))
+        output = asyncio.run(type_on(server, node, 'echo "k=$KEPT"', boots=0))
         assert "k=across-restarts" in output
-    again.kill_nodes()
+        assert client.post("/api/nodes/keep:k1/kill").status_code == 200

@@ -96,13 +96,18 @@ def _seed(server: Server) -> dict[str, dict[str, str]]:
         if image is None:
             made = client.put("/api/images/fuzzseed.img", content=bytes(1 << 20))
             image = made.raise_for_status().json()["name"]
-        if client.get(f"/api/labs/{LAB}").status_code == 404:
+        # The lab's detail has its nodes and links: one request, not one for each.
+        lab = client.get(f"/api/labs/{LAB}")
+        if lab.status_code == 404:
             client.post("/api/labs", json={"name": LAB}).raise_for_status()
+            lab = client.get(f"/api/labs/{LAB}")
+        detail = lab.raise_for_status().json()
+        names = {n["name"].casefold() for n in detail["node_list"]}
         for node in NODES:
-            if client.get(f"/api/nodes/{LAB}:{node}").status_code == 404:
+            if node not in names:
                 body = {"name": node, "image": image, "lab": LAB, "nics": 2}
                 client.post("/api/nodes", json=body).raise_for_status()
-        links = client.get("/api/links", params={"lab": LAB}).raise_for_status().json()
+        links = detail["link_list"]
         if not links:
             body = {"lab": LAB, "a": f"{NODES[0]}:eth1", "b": f"{NODES[1]}:eth1"}
             links = [client.post("/api/links", json=body).raise_for_status().json()]
