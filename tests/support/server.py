@@ -76,9 +76,19 @@ class Server:
         if not ready.wait(timeout) or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError("virtlab serve did not start:\n" + "\n".join(self.log[-40:]))
-        if self.admin_password is not None:
+        if self.admin_password is not None and not self._token_still_good():
             self.token = self.login("admin", self.admin_password)
         return self
+
+    def _token_still_good(self) -> bool:
+        """After a restart over the same data directory the admin's token is still in the
+        catalog: one cheap request checks it, where a login is an argon2 hash (0.3 s and more
+        on a loaded machine, some sixty restarts in the suite)."""
+        if not self.token:
+            return False
+        with self.client(timeout=60) as client:
+            reply = client.get("/api/me")
+        return reply.status_code == 200 and reply.json().get("name") == "admin"
 
     @property
     def admin_password(self) -> str | None:
