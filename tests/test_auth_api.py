@@ -149,6 +149,28 @@ def test_a_session_login_sets_a_strict_cookie_and_logout_ends_it(server: Server)
         _refused(browser.get("/api/me", headers=stale), "session has ended")
 
 
+def test_a_change_to_a_token_or_its_user_counts_from_the_next_request(server: Server) -> None:
+    """A value just verified is known for a few seconds without the catalog
+    (virtlab.auth.recent): a revoke or a role change right after a request must still count
+    for the very next one."""
+    with server.client() as admin:
+        made = admin.post("/api/users", json={"name": "rita"}).json()
+        token = admin.post("/api/tokens", json={"label": "soon gone"}).json()
+        with server.client(token=token["value"]) as mine:
+            assert mine.get("/api/me").status_code == 200  # verified: now known for a while
+            assert admin.delete(f"/api/tokens/{token['token']['id']}").status_code == 204
+            _refused(mine.get("/api/me"), "unknown, expired or revoked")
+        rita = server.login("rita", made["password"])
+        with server.client(token=rita) as client:
+            assert client.get("/api/me").json()["role"] == "user"
+            assert admin.patch("/api/users/rita", json={"role": "admin"}).status_code == 200
+            assert client.get("/api/me").json()["role"] == "admin"
+            assert client.get("/api/users").status_code == 200
+            assert admin.patch("/api/users/rita", json={"role": "user"}).status_code == 200
+            assert client.get("/api/users").status_code == 403
+        assert admin.delete("/api/users/rita").status_code == 204
+
+
 def test_roles_and_password_changes(server: Server) -> None:
     with server.client() as admin:
         made = admin.post("/api/users", json={"name": "rolf"})

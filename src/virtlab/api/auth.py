@@ -14,6 +14,7 @@ origin), must come with no ``Origin`` (a program, not a page) or the server's ow
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends
@@ -76,11 +77,12 @@ def check_origin(conn: HTTPConnection) -> None:
         )
 
 
-def principal(conn: HTTPConnection) -> Principal:
+async def principal(conn: HTTPConnection) -> Principal:
     """The user a request comes from, or :class:`Unauthorized` / :class:`Forbidden`.
 
-    A plain ``def``: FastAPI runs it in a worker thread, so the catalog look-up never blocks
-    the event loop. FastAPI caches it per request, so routes may depend on it again.
+    A value verified a moment ago is known without the catalog (``virtlab.auth.recent``);
+    otherwise the catalog look-up runs in a worker thread, never on the event loop. FastAPI
+    caches it per request, so routes may depend on it again.
     """
     value, from_cookie = bearer(conn)
     if conn.scope["type"] == "websocket" or (
@@ -89,7 +91,8 @@ def principal(conn: HTTPConnection) -> Principal:
         check_origin(conn)
     if value is None:
         raise Unauthorized(f"{_what(conn)} needs a login: {HOW_TO_LOG_IN}")
-    who = conn.app.state.runtime.users.authenticate(value)
+    users = conn.app.state.runtime.users
+    who = users.recently_verified(value) or await asyncio.to_thread(users.authenticate, value)
     if who is None:
         gone = (
             "the session has ended" if from_cookie else "the token is unknown, expired or revoked"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from virtlab.auth import passwords, tokens
+from virtlab.auth.recent import RecentTokens
 from virtlab.auth.throttle import LoginThrottle
 from virtlab.catalog import Catalog
 from virtlab.catalog.users import TokenRecord, UserRecord, UserRepository
@@ -73,6 +74,7 @@ class UserService:
         self.catalog = catalog
         self.session_hours = session_hours
         self.throttle = throttle or LoginThrottle()
+        self.recent: RecentTokens[Principal] = RecentTokens()  # see virtlab.auth.recent
 
     # -- the first start ------------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class UserService:
             if end_sessions:
                 for token in repo.tokens(user.id, "session"):
                     repo.remove_token(token.id)
+        self.recent.forget()
 
     def set_role(self, name: str, role: str) -> UserRecord:
         if role not in ROLES:
@@ -141,7 +144,9 @@ class UserService:
             repo = UserRepository(session)
             if user.is_admin and role != "admin" and repo.count("admin") == 1:
                 raise Conflict(f"{name} is the last admin; make another admin first")
-            return repo.update(user.id, role=role)
+            changed = repo.update(user.id, role=role)
+        self.recent.forget()
+        return changed
 
     def remove(self, name: str) -> None:
         """Remove a user and every token of theirs; never the last admin."""
@@ -151,6 +156,7 @@ class UserService:
             if user.is_admin and repo.count("admin") == 1:
                 raise Conflict(f"{name} is the last admin; make another admin before removing it")
             repo.remove(user.id)
+        self.recent.forget()
 
     # -- tokens and sessions --------------------------------------------------------------------
 
@@ -218,13 +224,22 @@ class UserService:
             _, value = self.issue(name, kind=kind, label=label)
         return user, value
 
+    def recently_verified(self, value: str) -> Principal | None:
+        """The principal of a bearer value :meth:`authenticate` verified a moment ago and that
+        nothing has changed since (no catalog read: for the event loop); else None."""
+        parsed = tokens.parse(value)
+        return self.recent.get(parsed[0], value) if parsed else None
+
     def authenticate(self, value: str | None) -> Principal | None:
         """The principal a bearer value stands for, or None when it is unknown or expired."""
         parsed = tokens.parse(value) if value else None
-        if parsed is None:
+        if parsed is None or value is None:
             return None
         token_id, secret = parsed
-        now = _now()
+        known = self.recent.get(token_id, value)
+        if known is not None:
+            return known
+        generation, now = self.recent.generation, _now()
         with self.catalog.session() as session:
             repo = UserRepository(session)
             token = repo.token(token_id)
@@ -243,7 +258,9 @@ class UserService:
                 self.catalog.session() as session,
             ):
                 UserRepository(session).touch_token(token.id, now)
-        return Principal(user.id, user.name, user.role, token.id, token.kind)
+        who = Principal(user.id, user.name, user.role, token.id, token.kind)
+        self.recent.put(token_id, value, who, token.expires_at, generation)
+        return who
 
     def tokens(self, name: str) -> list[TokenRecord]:
         user = self.get(name)
@@ -259,6 +276,7 @@ class UserService:
             if token is None or user is None or (owner is not None and user.name != owner):
                 raise NotFound(f"no token {token_id!r}; `virtlab user token list` shows yours")
             repo.remove_token(token.id)
+        self.recent.forget()
 
 
 @functools.cache
