@@ -115,6 +115,13 @@ def test_hosts_are_listed_with_their_facts_and_refusals_keep_nothing(
         body = {"name": "h9", "uri": h2.uri.split("?")[0], "tls_cert": str(no_cert)}
         refused(api.post("/api/hosts", json=body), 409, "cannot add host h9", "clientcert.pem")
         assert [h["name"] for h in api.get("/api/hosts").json()] == ["local", "h1", "h2"]
+        # Two adds of one host at once: both pass the first check while they connect; the
+        # insert checks again, so one is made and the other refused, not a 500.
+        assert api.delete("/api/hosts/h2").status_code == 204
+        made, twice = asyncio.run(_add_twice(server, h2))
+        assert made.status_code == 201, made.text
+        refused(twice, 409, "there is a host named h2 already")
+        assert [h["name"] for h in api.get("/api/hosts").json()] == ["local", "h1", "h2"]
         refused(api.delete("/api/hosts/local"), 409, "drain it")
         refused(api.get("/api/hosts/nope"), 404, "virtlab host list")
 
@@ -132,6 +139,13 @@ def test_hosts_are_listed_with_their_facts_and_refusals_keep_nothing(
     assert shown.returncode == 0 and "libvirt 9." in shown.stdout, shown
     doctor = cli(server, "doctor", "--hosts", "--json", "--data-dir", str(tmp_path / "d"))
     assert {h["name"] for h in json.loads(doctor.stdout)["hosts"]} == {"local", "h1", "h2"}
+
+
+async def _add_twice(server: Server, host: LibvirtHost) -> list[httpx.Response]:
+    body = {"name": host.name, "uri": host.uri.split("?")[0], "tls_cert": str(host.client_pki)}
+    async with server.async_client() as api:
+        replies = await asyncio.gather(*(api.post("/api/hosts", json=body) for _ in range(2)))
+    return sorted(replies, key=lambda r: r.status_code)
 
 
 def test_a_node_on_a_named_host_boots_and_goes(

@@ -211,13 +211,8 @@ class HostService:
     async def add(self, name: str, uri: str, tls_cert: str | None = None) -> HostView:
         validate_host_name(name)
         uri = host_uri(uri, tls_cert)
-        with self.catalog.session() as session:
-            repo = HostRepository(session)
-            if repo.get(name) is not None:
-                raise Conflict(f"there is a host named {name} already; choose another name")
-            same = repo.by_uri(uri)
-        if same is not None:
-            raise Conflict(f"host {same.name} has that URI already ({uri})")
+        with self.catalog.session() as session:  # refused at once, before connecting …
+            _refuse_taken(HostRepository(session), name, uri)
         if self.connect is None:
             raise Conflict(
                 "this server cannot reach libvirt hosts: libvirt-python is not installed; "
@@ -235,8 +230,14 @@ class HostService:
                 name,
             )
         record = HostRecord(name, uri, "up", datetime.now(UTC), facts)
+
+        def insert(session: Session) -> None:  # … and again with the insert: two adds at once
+            repo = HostRepository(session)
+            _refuse_taken(repo, name, uri)
+            repo.add(record)
+
         try:
-            await self.catalog.write(lambda session: HostRepository(session).add(record))
+            await self.catalog.write(insert)
         except BaseException:
             await driver.close()
             raise
@@ -350,3 +351,11 @@ class HostService:
             if self.after_back is not None:
                 await self.after_back(host)
             self._publish(host, "up")
+
+
+def _refuse_taken(repo: HostRepository, name: str, uri: str) -> None:
+    if repo.get(name) is not None:
+        raise Conflict(f"there is a host named {name} already; choose another name")
+    same = repo.by_uri(uri)
+    if same is not None:
+        raise Conflict(f"host {same.name} has that URI already ({uri})")
